@@ -1,0 +1,1 @@
+"""EVA core package."""
