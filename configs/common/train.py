@@ -1,0 +1,35 @@
+"""Engine settings shared by every recipe (detectron2 defaults; keys listed in docs/DESIGN.md).
+
+Recipes import it with ``from ..common.train import train`` and change what they need.
+"""
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",  # weights loaded before training (ignored when resuming)
+    max_iter=90000,
+    amp=dict(
+        enabled=False,
+        dtype="bfloat16",  # "float16" adds a dynamic loss scaler
+    ),
+    ddp=dict(  # arguments of torch DistributedDataParallel
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+    ),
+    checkpointer=dict(
+        period=5000,  # iterations between checkpoints
+        max_to_keep=100,
+        format="pth",  # "pth" (full training state) or "safetensors" (model weights only)
+    ),
+    eval_period=5000,  # 0 disables evaluation during training
+    log_period=20,
+    device=None,  # None: this process's local GPU if there is one, else CPU; or "cpu" / "cuda"
+    seed=-1,  # negative: draw a random seed (logged)
+    grad_accum_steps=1,
+    clip_grad=None,  # max gradient norm, None to disable
+    ema=dict(enabled=False, decay=0.9999),
+    zero_stage=0,  # 1: shard optimizer state with torch ZeroRedundancyOptimizer
+    deepspeed=None,  # a DeepSpeed config dict to train through DeepSpeed instead
+    max_nonfinite_steps=10,  # stop after this many consecutive non-finite losses
+    deterministic=False,
+    allow_pickle=False,  # let checkpoint loading unpickle any type (trusted files only; --allow-pickle)
+)

@@ -1,0 +1,205 @@
+"""Checkpoints for exact resume, in detectron2's file layout.
+
+``output_dir`` holds ``model_{iter:07d}.pth`` files, ``model_final.pth`` and a ``last_checkpoint``
+text file naming the newest one. A checkpoint holds the model, every registered checkpointable
+(optimizer, scheduler, grad scaler, EMA, data loader position), the iteration and the RNG states
+of every rank, all as tensors or plain Python types so that it loads with
+``torch.load(weights_only=True)``. Files are written only through ``save_atomic`` and
+``last_checkpoint`` is updated only after the file is complete, so a crash at any point leaves
+the previous checkpoint usable.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint.io import load_file, save_atomic
+from ..utils import comm
+
+__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model"]
+
+logger = logging.getLogger("eva_core.engine")
+
+_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DeepSpeed / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch and CUDA RNG states as tensors / plain types."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores the complete training state.
+
+    Every rank calls :meth:`save` (ZeRO optimizers consolidate their shards and RNG states are
+    gathered collectively); only rank 0 writes.
+
+    Args:
+        model: the (unwrapped) model.
+        save_dir: folder for checkpoint files; ``None`` disables saving.
+        max_to_keep: keep at most this many periodic ``model_{iter}.pth`` files (None: all).
+        allow_pickle: let :meth:`load` unpickle types outside the allowlist (trusted files only).
+        **checkpointables: objects with ``state_dict`` / ``load_state_dict`` (optimizer,
+            scheduler, scaler, ema, data_loader, ...).
+    """
+
+    def __init__(self, model: torch.nn.Module, save_dir: str | None = None, *,
+                 max_to_keep: int | None = None, allow_pickle: bool = False, **checkpointables: Any):
+        self.model = model
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.max_to_keep = max_to_keep
+        self.allow_pickle = allow_pickle
+        self.checkpointables = {k: v for k, v in checkpointables.items() if v is not None}
+
+    # ---------------------------------------------------------------- saving
+    def _consolidated_state(self, name: str, obj: Any) -> dict | None:
+        if hasattr(obj, "consolidate_state_dict"):  # torch ZeroRedundancyOptimizer: collective
+            obj.consolidate_state_dict(to=0)
+            return obj.state_dict() if comm.is_main_process() else None
+        return obj.state_dict()
+
+    def collect_state(self, **extra: Any) -> dict[str, Any] | None:
+        """The full checkpoint dict on rank 0 (``None`` elsewhere). Collective call."""
+        state = {"model": self.model.state_dict()}
+        for name, obj in self.checkpointables.items():
+            state[name] = self._consolidated_state(name, obj)
+        state["rng_states"] = comm.all_gather_object(get_rng_state())  # indexed by rank
+        state.update(extra)
+        return state if comm.is_main_process() else None
+
+    def save(self, name: str, **extra: Any) -> Path | None:
+        """Write ``{save_dir}/{name}.pth`` (rank 0) and point ``last_checkpoint`` at it."""
+        state = self.collect_state(**extra)
+        if self.save_dir is None or state is None:
+            comm.synchronize()
+            return None
+        path = self.save_dir / f"{name}.pth"
+        save_atomic(state, path)
+        self.tag_last_checkpoint(path.name)
+        self._remove_old_checkpoints()
+        logger.info(f"Saved checkpoint {path}")
+        comm.synchronize()
+        return path
+
+    def save_weights(self, path: str | os.PathLike, module: torch.nn.Module | None = None) -> Path | None:
+        """Export only model weights (``.safetensors`` or ``.pth``), rank 0."""
+        if not comm.is_main_process():
+            return None
+        sd = (module or self.model).state_dict()
+        if str(path).endswith(".safetensors"):
+            # tied weights share storage, which safetensors refuses; export independent copies
+            sd = {k: v.detach().clone() for k, v in sd.items()}
+        return save_atomic(sd, path)
+
+    def tag_last_checkpoint(self, basename: str) -> None:
+        _write_text_atomic(self.save_dir / "last_checkpoint", basename)
+
+    def _remove_old_checkpoints(self) -> None:
+        if not self.max_to_keep:
+            return
+        keep = self.get_checkpoint_file()
+        periodic = sorted(p for p in self.save_dir.iterdir() if _PERIODIC.match(p.name))
+        for p in periodic[: max(len(periodic) - self.max_to_keep, 0)]:
+            if keep is None or p != keep:
+                p.unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete temporaries left by a process killed in the middle of a write (rank 0)."""
+        if self.save_dir is None or not self.save_dir.is_dir() or not comm.is_main_process():
+            return
+        for p in self.save_dir.glob(".*.tmp"):
+            logger.warning(f"Removing incomplete checkpoint write {p}")
+            p.unlink(missing_ok=True)
+
+    # --------------------------------------------------------------- loading
+    def get_checkpoint_file(self) -> Path | None:
+        """The checkpoint ``last_checkpoint`` names, or None."""
+        if self.save_dir is None:
+            return None
+        tag = self.save_dir / "last_checkpoint"
+        if not tag.is_file():
+            return None
+        return self.save_dir / tag.read_text().strip()
+
+    def has_checkpoint(self) -> bool:
+        path = self.get_checkpoint_file()
+        return path is not None and path.is_file()
+
+    def load(self, path: str | os.PathLike, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        """Restore the model and the named checkpointables (all by default) from ``path``.
+
+        Returns the entries of the file that were not consumed (e.g. ``iteration``).
+
+        Raises:
+            KeyError: a requested checkpointable is missing from the file.
+        """
+        state = load_file(path, allow_pickle=self.allow_pickle)
+        if not isinstance(state, dict) or "model" not in state:
+            raise KeyError(f"{path}: not a training checkpoint (expected a dict with key 'model', "
+                           f"found {sorted(state)[:10] if isinstance(state, dict) else type(state).__name__})")
+        self.model.load_state_dict(state.pop("model"))
+        names = list(self.checkpointables) if checkpointables is None else checkpointables
+        for name in names:
+            if name not in state:
+                raise KeyError(f"{path}: has no '{name}' state to restore (keys: {sorted(state)})")
+            self.checkpointables[name].load_state_dict(state.pop(name))
+        self._restore_rng(path, state.pop("rng_states", None))
+        logger.info(f"Loaded checkpoint {path}")
+        return state
+
+    def _restore_rng(self, path: Any, rng_states: list | None) -> None:
+        if not rng_states:
+            return
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if len(rng_states) != world:
+            logger.warning(f"{path}: RNG states saved by {len(rng_states)} ranks, running on {world}; "
+                           "random streams will differ from an uninterrupted run")
+        set_rng_state(rng_states[rank % len(rng_states)])

@@ -1,0 +1,136 @@
+"""Start a function on every process of a (possibly multi-machine) job, as detectron2's launch.
+
+``launch(main, num_gpus_per_machine=N)`` calls ``main(*args)`` once per process after
+``torch.distributed`` is initialised: NCCL with one GPU per process when CUDA is available,
+gloo otherwise (on CPU, N is simply the number of processes). Under ``torchrun`` (RANK,
+WORLD_SIZE and LOCAL_RANK in the environment) the process group is initialised from the
+environment and ``main`` runs in the current process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from eva_core.utils import comm
+
+__all__ = ["launch", "DEFAULT_TIMEOUT", "find_free_port", "launched_by_torchrun"]
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+logger = logging.getLogger(__name__)
+
+
+def find_free_port() -> int:
+    """A TCP port on localhost that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launched_by_torchrun() -> bool:
+    """True when ``torchrun`` (or another env:// launcher) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str | None = "auto",
+    args: tuple = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> None:
+    """Run ``main_func(*args)`` on every process of the job.
+
+    Args:
+        main_func: a module-level function (it is pickled to spawned processes).
+        num_gpus_per_machine: processes per machine (one per GPU; CPU processes without CUDA).
+        num_machines: machines in the job.
+        machine_rank: this machine's index in ``[0, num_machines)``.
+        dist_url: ``tcp://host:port`` of machine 0, or ``"auto"`` (single machine only) for a
+            free localhost port.
+        args: positional arguments for ``main_func``.
+        timeout: collective-operation timeout.
+
+    Raises:
+        ValueError: inconsistent arguments (bad counts, "auto" on several machines, more
+            processes than GPUs).
+    """
+    if launched_by_torchrun():
+        _run_under_torchrun(main_func, args, timeout)
+        return
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(f"need at least one process and one machine, got num_gpus_per_machine="
+                         f"{num_gpus_per_machine}, num_machines={num_machines}")
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(f"machine_rank {machine_rank} is outside [0, {num_machines})")
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        main_func(*args)
+        return
+    if dist_url in (None, "auto"):
+        if num_machines > 1:
+            raise ValueError("dist_url='auto' only works on one machine; pass tcp://HOST:PORT of machine 0")
+        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
+    if num_machines > 1 and dist_url.startswith("file://"):
+        logger.warning("file:// init on several machines needs a file system they all share")
+    use_cuda = torch.cuda.is_available()
+    if use_cuda and num_gpus_per_machine > torch.cuda.device_count():
+        raise ValueError(f"{num_gpus_per_machine} processes per machine requested but only "
+                         f"{torch.cuda.device_count()} CUDA devices are visible")
+    mp.start_processes(
+        _distributed_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _distributed_worker(local_rank: int, main_func: Callable, world_size: int,
+                        num_gpus_per_machine: int, machine_rank: int, dist_url: str,
+                        args: tuple, timeout: timedelta) -> None:
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(backend=_backend(), init_method=dist_url, world_size=world_size,
+                                rank=global_rank, timeout=timeout)
+    except Exception as e:
+        raise RuntimeError(f"process group init failed at {dist_url} (rank {global_rank}/"
+                           f"{world_size}): {e}") from e
+    comm.set_local_rank(local_rank)
+    comm.synchronize()
+    main_func(*args)
+    _shutdown()  # only after success: a failed rank must not wait at a barrier for the others
+
+
+def _run_under_torchrun(main_func: Callable, args: tuple, timeout: timedelta) -> None:
+    local_rank = int(os.environ["LOCAL_RANK"])
+    comm.set_local_rank(local_rank)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    owns_group = int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(backend=_backend(), init_method="env://", timeout=timeout)
+    main_func(*args)
+    if owns_group:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()

@@ -1,0 +1,336 @@
+"""The training engine: a real (tiny) training for every capability of the Trainer.
+
+Also holds the toy regression task (model, dataset, evaluator) that the other
+``test_engine_*.py`` files import.
+"""
+from __future__ import annotations
+
+import json
+import math
+import fractions
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eva_core.checkpoint import CheckpointFormatError, load_file, save_atomic
+from eva_core.engine import CallbackHook, Trainer
+from eva_core.optim import LRMultiplier, cosine_with_warmup
+
+DIM = 8
+
+
+class ToyRegressor(nn.Module):
+    """Tiny MLP following the model contract: loss dict in train mode, predictions in eval."""
+
+    def __init__(self, dim: int = DIM, hidden: int = 16, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, batch):
+        pred = self.net(batch["x"]).squeeze(-1)
+        if self.training:
+            return {"loss_mse": F.mse_loss(pred.float(), batch["y"]), "pred_mean": pred.mean()}
+        return pred
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """y = x . w + noise; ``noise`` is drawn per read, so augmentation randomness is exercised."""
+
+    def __init__(self, n: int = 64, noise: float = 0.0, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, DIM, generator=g)
+        self.w = torch.randn(DIM, generator=g)
+        self.noise = noise
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i] + self.noise * torch.randn(DIM)
+        return {"x": x, "y": (self.x[i] * self.w).sum()}
+
+
+class MSEEvaluator:
+    """detectron2 evaluator interface on the toy task."""
+
+    def reset(self):
+        self.sq, self.n = 0.0, 0
+
+    def process(self, batch, outputs):
+        self.sq += float(((outputs.float() - batch["y"]) ** 2).sum())
+        self.n += len(outputs)
+
+    def evaluate(self):
+        return {"mse": self.sq / max(self.n, 1)}
+
+
+class FixedBatches:
+    """Infinite stream cycling over a list of batches, resumable by position."""
+
+    def __init__(self, batches):
+        self.batches, self.pos = batches, 0
+
+    def __iter__(self):
+        while True:
+            b = self.batches[self.pos % len(self.batches)]
+            self.pos += 1
+            yield b
+
+    def state_dict(self):
+        return {"batches_yielded": self.pos}
+
+    def load_state_dict(self, sd):
+        self.pos = sd["batches_yielded"]
+
+
+def toy_batches(n_batches: int, batch_size: int, seed: int = 0):
+    ds = ToyDataset(n_batches * batch_size, seed=seed)
+    return [{"x": ds.x[i * batch_size:(i + 1) * batch_size],
+             "y": (ds.x[i * batch_size:(i + 1) * batch_size] * ds.w).sum(-1)} for i in range(n_batches)]
+
+
+def make_trainer(tmp_path=None, *, batches=None, model=None, lr=0.05, max_iter=10, **kw):
+    torch.manual_seed(0)
+    model = model or ToyRegressor()
+    batches = batches if batches is not None else toy_batches(4, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    kw.setdefault("log_period", 5)
+    kw.setdefault("tensorboard", False)
+    return Trainer(model, FixedBatches(batches), opt, max_iter=max_iter, device="cpu",
+                   output_dir=str(tmp_path) if tmp_path else None, **kw)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- learning
+def test_trainer_learns_toy_regression_and_evaluates(tmp_path):
+    ds = ToyDataset(64)
+    test_loader = [{"x": ds.x[i:i + 16], "y": (ds.x[i:i + 16] * ds.w).sum(-1)} for i in range(0, 64, 16)]
+    t = make_trainer(tmp_path, batches=toy_batches(8, 8), max_iter=60, lr=0.02,
+                     evaluator=MSEEvaluator(), test_loader=test_loader, eval_period=30,
+                     lr_scheduler=cosine_with_warmup(max_iter=60, warmup_iters=5))
+    before = t.test()["mse"]
+    results = t.train()
+    assert results["mse"] < 0.2 * before
+    assert t.unwrapped_model.training
+
+
+def test_lr_multiplier_sets_base_lr_times_schedule_times_lr_scale():
+    p1, p2 = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p1], "lr": 0.1, "lr_scale": 0.25}, {"params": [p2], "lr": 0.2}], lr=0.1)
+    sched = LRMultiplier(opt, cosine_with_warmup(max_iter=10, warmup_iters=2, min_ratio=0.1), max_iter=10)
+    for it in range(10):
+        m = sched.multiplier_at(it)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * m * 0.25)
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.2 * m)
+        opt.step()
+        sched.step()
+    assert sched.multiplier_at(2) == pytest.approx(1.0, rel=1e-6)  # warmup ends at peak
+    assert sched.multiplier_at(0) == pytest.approx(1e-3)
+    assert sched.multiplier_at(9) < 0.15
+
+
+# --------------------------------------------------------------------------- optimization
+def test_two_micro_batches_of_4_equal_one_batch_of_8():
+    big = toy_batches(3, 8)
+    small = [{k: v[s] for k, v in b.items()} for b in big for s in (slice(0, 4), slice(4, 8))]
+    t1 = make_trainer(batches=big, max_iter=3)
+    t1.train()
+    t2 = make_trainer(batches=small, max_iter=3, grad_accum_steps=2)
+    t2.train()
+    for k, v in weights(t1.unwrapped_model).items():
+        torch.testing.assert_close(weights(t2.unwrapped_model)[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_grad_bounds_the_global_gradient_norm():
+    norms = []
+
+    def record(trainer):
+        ps = [p.grad for p in trainer.unwrapped_model.parameters() if p.grad is not None]
+        norms.append(torch.nn.utils.get_total_norm(ps).item())
+
+    t = make_trainer(max_iter=3, lr=1.0, clip_grad=0.01)
+    # capture the gradient after clipping, right before the optimizer applies it
+    orig_step = t.optimizer.step
+
+    def step(*a, **k):
+        record(t)
+        return orig_step(*a, **k)
+
+    t.optimizer.step = step
+    t.train()
+    logged = t.storage.median("grad_norm")
+    assert logged > 0.01  # the raw norm is larger than the bound ...
+    assert all(n <= 0.01 * (1 + 1e-4) for n in norms)  # ... but applied gradients are clipped
+
+
+def test_ema_weights_differ_from_model_and_track_it(tmp_path):
+    t = make_trainer(tmp_path, max_iter=30, ema_decay=0.8)
+    init = weights(t.unwrapped_model)
+    t.train()
+    final, ema = weights(t.unwrapped_model), weights(t.ema.module)
+    for k in final:
+        assert not torch.equal(final[k], ema[k])
+        # the EMA moved from the initial weights towards the trained ones
+        assert (ema[k] - final[k]).norm() < (init[k] - final[k]).norm()
+    ck = load_file(tmp_path / "model_final.pth")
+    assert set(ck["ema"]) and torch.equal(ck["ema"]["module.net.0.weight"], ema["net.0.weight"])
+
+
+def test_eval_reports_model_and_ema_results():
+    ds = ToyDataset(16)
+    loader = [{"x": ds.x, "y": (ds.x * ds.w).sum(-1)}]
+    t = make_trainer(max_iter=5, ema_decay=0.5, evaluator=MSEEvaluator(), test_loader=loader)
+    res = t.train()
+    assert set(res) == {"mse", "ema/mse"} and res["mse"] != res["ema/mse"]
+
+
+def test_bf16_autocast_trains():
+    t = make_trainer(max_iter=40, lr=0.02, amp_enabled=True, amp_dtype="bf16")
+    seen = []
+    t.register_hooks([CallbackHook(after_step=lambda tr: seen.append(tr.storage.latest()["total_loss"][0]))])
+    t.train()
+    assert t.scaler.is_enabled() is False
+    assert sum(seen[-5:]) < 0.3 * sum(seen[:5])
+
+
+def test_fp16_grad_scaler_skips_overflow_and_still_trains():
+    t = make_trainer(max_iter=60, lr=0.02, amp_enabled=True, amp_dtype="fp16",
+                     grad_scaler_kwargs={"init_scale": 2.0**24, "growth_interval": 1000})
+    assert t.scaler.is_enabled()
+    seen, scales, taken = [], [], []
+    t.register_hooks([CallbackHook(after_step=lambda tr: (seen.append(tr.storage.latest()["total_loss"][0]),
+                                                          scales.append(tr.scaler.get_scale()),
+                                                          taken.append(tr.step_taken)))])
+    t.train()
+    # 2^24 overflows fp16 gradients: the scaler halves until they fit, skipping those steps,
+    # which are not counted as non-finite losses
+    assert scales[-1] < 2.0**24 and not all(taken) and sum(taken) > 30 and t.nonfinite_total == 0
+    assert sum(seen[-5:]) < 0.3 * sum(seen[:5])
+
+
+# --------------------------------------------------------------------------- non-finite
+def test_nan_loss_skips_the_step_and_leaves_weights_unchanged():
+    batches = toy_batches(4, 8)
+    bad = dict(batches[2], x=torch.full_like(batches[2]["x"], float("nan")))
+    snap = {}
+
+    def before(tr):
+        snap[tr.iter] = weights(tr.unwrapped_model)
+
+    t = make_trainer(batches=batches[:2] + [bad] + batches[3:], max_iter=4)
+    t.register_hooks([CallbackHook(before_step=before)])
+    t.train()
+    assert t.nonfinite_total == 1
+    for k, v in snap[2].items():
+        assert torch.equal(snap[3][k], v)  # iteration 2 (the NaN batch) changed nothing
+    assert not torch.equal(snap[2]["net.0.weight"], snap[1]["net.0.weight"])
+    assert all(torch.isfinite(v).all() for v in weights(t.unwrapped_model).values())
+
+
+def test_consecutive_nan_losses_stop_training_naming_the_iteration_and_keep_last_good_checkpoint(tmp_path):
+    good = toy_batches(8, 8)
+    bad = dict(good[0], x=torch.full_like(good[0]["x"], float("inf")))
+    t = make_trainer(tmp_path, batches=good + [bad] * 8, max_iter=16, checkpoint_period=4,
+                     max_nonfinite_steps=3)
+    with pytest.raises(FloatingPointError, match=r"iteration 10\b.*model_0000007\.pth"):
+        t.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000007.pth"
+    assert not (tmp_path / "model_0000011.pth").exists() and not (tmp_path / "model_final.pth").exists()
+    ck = load_file(tmp_path / "model_0000007.pth")
+    assert ck["iteration"] == 7
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_checkpoints_load_with_weights_only_and_hold_the_full_state(tmp_path):
+    t = make_trainer(tmp_path, max_iter=6, checkpoint_period=2, max_to_keep=2, ema_decay=0.9,
+                     lr_scheduler=cosine_with_warmup(max_iter=6, warmup_iters=1))
+    t.train()
+    files = sorted(p.name for p in tmp_path.glob("model_*.pth"))
+    assert files == ["model_0000003.pth", "model_0000005.pth", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    ck = torch.load(tmp_path / "model_0000005.pth", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "ema", "data_loader", "iteration", "rng_states"} <= set(ck)
+    assert ck["data_loader"] == {"batches_yielded": 6} and ck["scheduler"]["last_epoch"] == 6
+    assert isinstance(ck["rng_states"][0]["torch"], torch.Tensor)
+
+
+def test_checkpoint_with_pickled_object_is_refused_unless_allow_pickle(tmp_path):
+    t = make_trainer(tmp_path, max_iter=2, checkpoint_period=1)
+    t.train()
+    ck = load_file(tmp_path / "model_final.pth")
+    ck["payload"] = fractions.Fraction(1, 3)  # any class outside the allowlist: unpickling runs its code
+    save_atomic(ck, tmp_path / "model_final.pth")
+    t2 = make_trainer(tmp_path, max_iter=4)
+    with pytest.raises(CheckpointFormatError, match=r"(?s)model_final\.pth.*fractions\.Fraction.*allow_pickle=True"):
+        t2.resume_or_load(resume=True)
+    t3 = make_trainer(tmp_path, max_iter=4, allow_pickle=True)
+    t3.resume_or_load(resume=True)
+    assert t3.start_iter == 2
+    assert load_file(tmp_path / "model_final.pth", allow_pickle=True)["payload"] == fractions.Fraction(1, 3)
+
+
+def test_init_checkpoint_loads_weights_when_not_resuming(tmp_path):
+    src = ToyRegressor()
+    save_atomic({"model": src.state_dict()}, tmp_path / "init.pth")
+    t = make_trainer(tmp_path / "run", max_iter=1, init_checkpoint=str(tmp_path / "init.pth"))
+    t.resume_or_load(resume=True)  # nothing to resume: falls back to init_checkpoint
+    assert t.start_iter == 0
+    for k, v in src.state_dict().items():
+        assert torch.equal(t.unwrapped_model.state_dict()[k], v)
+
+
+def test_final_weights_export_as_safetensors(tmp_path):
+    t = make_trainer(tmp_path, max_iter=3, ema_decay=0.5, checkpoint_format="safetensors")
+    t.train()
+    sd = load_file(tmp_path / "model_final.safetensors")
+    for k, v in t.unwrapped_model.state_dict().items():
+        assert torch.equal(sd[k], v)
+    assert set(load_file(tmp_path / "model_final_ema.safetensors")) == set(sd)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_metrics_json_has_one_record_per_log_period_with_expected_keys(tmp_path, caplog):
+    t = make_trainer(tmp_path, max_iter=12, log_period=4, tensorboard=True)
+    with caplog.at_level("INFO", logger="eva_core.engine"):
+        t.train()
+    console = [r.getMessage() for r in caplog.records if "iter: 11" in r.getMessage()]
+    assert len(console) == 1 and all(s in console[0] for s in ("eta:", "it/s", "lr:", "loss_mse", "max_mem"))
+    records = [json.loads(l) for l in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [3, 7, 11]
+    for r in records:
+        assert {"iteration", "lr", "total_loss", "loss_mse", "pred_mean", "time", "data_time", "it/s",
+                "eta_seconds", "max_mem_mb", "grad_norm"} <= set(r)
+        assert math.isfinite(r["total_loss"]) and r["max_mem_mb"] > 0
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+# --------------------------------------------------------------------------- config
+def test_from_config_builds_trainer_from_lazy_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from eva_core.config import LazyCall as L
+
+    cfg = OmegaConf.create({"train": {"max_iter": 20, "output_dir": str(tmp_path), "device": "cpu",
+                                      "log_period": 10, "checkpointer": {"period": 10, "max_to_keep": 1},
+                                      "ema": {"enabled": True, "decay": 0.9}, "clip_grad": 1.0}},
+                           flags={"allow_objects": True})
+    cfg.model = L(ToyRegressor)(hidden=8)
+    cfg.optimizer = L(torch.optim.AdamW)(params=L(_all_params)(model=None), lr=0.01)
+    cfg.dataloader = {"train": L(FixedBatches)(batches=toy_batches(4, 8))}
+    cfg.lr_multiplier = L(cosine_with_warmup)(max_iter=20, warmup_iters=2)
+    t = Trainer.from_config(cfg)
+    assert isinstance(t.lr_scheduler, LRMultiplier) and t.ema is not None and t.clip_grad == 1.0
+    assert t.optimizer.param_groups[0]["params"][0] is next(t.unwrapped_model.parameters())
+    t.resume_or_load(resume=False)
+    t.train()
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def _all_params(model):
+    return list(model.parameters())

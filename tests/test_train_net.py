@@ -1,0 +1,174 @@
+"""tools/lazyconfig_train_net.py end to end (subprocesses), launch() and default_setup()."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eva_core.config import LazyConfig
+from eva_core.data.toy_world import SHAPES, draw_shapes, render_background, sample_shapes
+from eva_core.engine.defaults import default_argument_parser, default_setup
+from eva_core.engine.launch import launch
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "lazyconfig_train_net.py"
+TOY_CONFIG = REPO / "configs" / "classification" / "toy_imagefolder.py"
+COLOURS = ("red", "green", "blue", "yellow")
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _run_tool(*argv, timeout=240):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, argv)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _results(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("results: ")]
+    assert len(lines) == 1, f"expected one results line from rank 0, got {lines}"
+    return json.loads(lines[0][len("results: "):])
+
+
+def _write_colour_imagefolder(root: Path, split: str, per_class: int, seed: int) -> Path:
+    """A toy-world ImageFolder whose class is the colour of the one drawn shape (any shape type,
+    position, size, rotation, textured background): easy enough for a tiny ViT in seconds."""
+    for label, colour in enumerate(COLOURS):
+        folder = root / split / colour
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, label, i])
+            kind = SHAPES[int(rng.integers(len(SHAPES)))]
+            shapes = sample_shapes(rng, 32, [(kind, colour)], min_frac=0.25, max_frac=0.42)
+            draw_shapes(render_background(rng, 32), shapes).save(folder / f"{i:03d}.png")
+    return root / split
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy_imagefolder")
+    train = _write_colour_imagefolder(root, "train", per_class=32, seed=0)
+    val = _write_colour_imagefolder(root, "val", per_class=16, seed=1)
+    return [f"dataloader.train.dataset.root={train}", f"dataloader.test.dataset.root={val}",
+            f"model.net.num_classes={len(COLOURS)}", "train.max_iter=40", "train.eval_period=40",
+            "train.checkpointer.period=40", "train.log_period=20", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "out"
+    proc = _run_tool("--config-file", TOY_CONFIG, *toy_data, f"train.output_dir={out}")
+    return out, _results(proc)
+
+
+def test_unknown_override_exits_2_naming_key_before_anything_starts(tmp_path):
+    out = tmp_path / "never_created"
+    proc = _run_tool("--config-file", TOY_CONFIG, "--num-gpus", "2", "train.max_iters=5",
+                     f"train.output_dir={out}", timeout=60)
+    assert proc.returncode == 2
+    assert "'train.max_iters'" in proc.stderr and "train.max_iter" in proc.stderr
+    assert not out.exists()
+    assert "Starting training" not in proc.stdout + proc.stderr
+
+
+def test_missing_init_checkpoint_exits_2(tmp_path):
+    proc = _run_tool("--config-file", TOY_CONFIG, "--eval-only",
+                     f"train.init_checkpoint={tmp_path / 'nope.pth'}",
+                     f"train.output_dir={tmp_path / 'out'}", timeout=60)
+    assert proc.returncode == 2 and "nope.pth" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_process_training_reaches_high_val_accuracy(single_process_run):
+    out, results = single_process_run
+    assert results["top1"] >= 90.0, results
+    assert (out / "model_final.pth").is_file()
+    assert (out / "log.txt").is_file()
+    saved = LazyConfig.load(out / "config.yaml")
+    assert saved.train.max_iter == 40 and saved.train.output_dir == str(out)
+
+
+def test_two_gloo_processes_reach_high_val_accuracy(toy_data, tmp_path):
+    out = tmp_path / "out"
+    results = _results(_run_tool("--config-file", TOY_CONFIG, "--num-gpus", 2, *toy_data,
+                                 f"train.output_dir={out}"))
+    assert results["top1"] >= 90.0, results
+    assert "rank 0 of 2" in (out / "log.txt").read_text()
+    assert "rank 1 of 2" in (out / "log.txt.rank1").read_text()
+
+
+def test_eval_only_with_produced_checkpoint_reproduces_accuracy(single_process_run, tmp_path):
+    out, trained = single_process_run
+    results = _results(_run_tool("--config-file", out / "config.yaml", "--eval-only",
+                                 f"train.init_checkpoint={out / 'model_final.pth'}",
+                                 f"train.output_dir={tmp_path / 'eval'}"))
+    assert results["top1"] == pytest.approx(trained["top1"])
+    assert results["num_samples"] == trained["num_samples"] == 64
+
+
+def test_argument_parser_has_detectron2_flags_and_trailing_overrides():
+    args = default_argument_parser().parse_args(
+        ["--config-file", "c.py", "--resume", "--eval-only", "--num-gpus", "4", "--num-machines", "2",
+         "--machine-rank", "1", "--dist-url", "tcp://10.0.0.1:1234", "--allow-pickle",
+         "train.max_iter=10", "optimizer.lr=0.1"])
+    assert args.config_file == "c.py" and args.resume and args.eval_only and args.allow_pickle
+    assert (args.num_gpus, args.num_machines, args.machine_rank) == (4, 2, 1)
+    assert args.dist_url == "tcp://10.0.0.1:1234"
+    assert args.opts == ["train.max_iter=10", "optimizer.lr=0.1"]
+
+
+def test_default_setup_creates_output_dir_config_log_and_seeds(tmp_path):
+    cfg = LazyConfig.load(TOY_CONFIG)
+    LazyConfig.apply_overrides(cfg, [f"train.output_dir={tmp_path / 'run'}", "train.seed=123"])
+    default_setup(cfg, Namespace(config_file=str(TOY_CONFIG)))
+    first = torch.rand(3)
+    assert LazyConfig.load(tmp_path / "run" / "config.yaml") == cfg
+    assert "seed 123" in (tmp_path / "run" / "log.txt").read_text()
+    torch.manual_seed(123)
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_launch_validates_its_arguments():
+    with pytest.raises(ValueError, match="machine_rank"):
+        launch(print, 1, num_machines=2, machine_rank=2)
+    with pytest.raises(ValueError, match="auto"):
+        launch(print, 2, num_machines=2, machine_rank=0, dist_url="auto")
+    calls = []
+    launch(calls.append, 1, args=("direct",))
+    assert calls == ["direct"], "world size 1 calls main_func in this process"
+
+
+WORKER = """
+import sys, torch, torch.distributed as dist
+from eva_core.engine.launch import launch
+from eva_core.utils import comm
+
+def main(out):
+    total = torch.tensor([comm.get_rank() + 1.0])
+    dist.all_reduce(total)
+    with open(f"{out}/rank{comm.get_rank()}.txt", "w") as f:
+        f.write(f"{comm.get_world_size()} {comm.get_local_rank()} {dist.get_backend()} {total.item()}")
+
+if __name__ == "__main__":
+    launch(main, 1, args=(sys.argv[1],))
+"""
+
+
+def test_launch_under_torchrun_initializes_from_environment(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(script), str(tmp_path)]
+    proc = subprocess.run(torchrun, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        world, local_rank, backend, total = (tmp_path / f"rank{rank}.txt").read_text().split()
+        assert (world, local_rank, backend, float(total)) == ("2", str(rank), "gloo", 3.0)
