@@ -6,9 +6,10 @@ implementations and reports images/s (median over ``--iters`` steps, ours and ti
 alternating in one process so both see the same machine load) and peak memory of one step:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the memory held before the step (weights, grads);
-* CPU: each case runs in a fresh subprocess and reports peak RSS (``ru_maxrss``) of the first
-  step minus the RSS right before it (weights and zeroed gradients already allocated), i.e. the
-  step's activation + workspace memory.
+* CPU: each case runs in a fresh subprocess that resets the kernel's peak-RSS mark
+  (``/proc/self/clear_refs``) right before the first step and reports ``VmHWM`` minus the RSS at
+  that point (weights and zeroed gradients already allocated): the step's activation + workspace
+  memory.
 
 Examples::
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +47,14 @@ def build(impl: str, size: str, img_size: int, patch_size: int) -> torch.nn.Modu
 
     # timm's eva_giant_patch14_224 recipe: fused qkv with q/v bias, CLS + abs pos, no rope
     return Eva(qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True, use_rot_pos_emb=False, **cfg)
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def _rss_bytes() -> int:
@@ -81,9 +89,12 @@ def peak_step_memory(impl: str, size: str, grad_ckpt: bool, img_size: int, patch
         torch.cuda.reset_peak_memory_stats()
         step()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # reset the kernel's peak-RSS mark (VmHWM) so imports and model construction do not count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     base = _rss_bytes()
     step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+    return (_status_kib("VmHWM") * 1024 - base) / 2**20
 
 
 def paired_throughput(size: str, grad_ckpt: bool, img_size: int, patch_size: int, batch: int, iters: int,

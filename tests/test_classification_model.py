@@ -15,16 +15,10 @@ torch.set_num_threads(1)
 
 
 def tiny_net(num_classes=5, **kw):
-    try:
-        import eva_core
+    import eva_core
 
-        return eva_core.create_model("eva_tiny_patch16_224", img_size=32, patch_size=4,
-                                     num_classes=num_classes, **kw)
-    except (ImportError, AttributeError):  # encoder not landed yet: timm's Eva has the same API
-        from timm.models.eva import Eva
-
-        return Eva(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                   num_classes=num_classes, **kw)
+    return eva_core.create_model("eva_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
+                                 num_heads=2, num_classes=num_classes, **kw)
 
 
 def batch(n=4, c=5, seed=0):

@@ -1,6 +1,5 @@
 """LazyConfig: LazyCall nodes, recursive instantiate, python/yaml loading, saving, overrides."""
 import textwrap
-import warnings
 
 import pytest
 import torch

@@ -1,6 +1,8 @@
 """tools/lazyconfig_train_net.py end to end (subprocesses), launch() and default_setup()."""
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -79,11 +81,15 @@ def test_unknown_override_exits_2_naming_key_before_anything_starts(tmp_path):
     assert "Starting training" not in proc.stdout + proc.stderr
 
 
-def test_missing_init_checkpoint_exits_2(tmp_path):
-    proc = _run_tool("--config-file", TOY_CONFIG, "--eval-only",
-                     f"train.init_checkpoint={tmp_path / 'nope.pth'}",
-                     f"train.output_dir={tmp_path / 'out'}", timeout=60)
-    assert proc.returncode == 2 and "nope.pth" in proc.stderr
+def test_missing_init_checkpoint_exits_2_before_anything_starts(tmp_path, monkeypatch, capsys):
+    tool = runpy.run_path(str(TOOL), run_name="lazyconfig_train_net")
+    monkeypatch.setattr(sys, "argv", [str(TOOL), "--config-file", str(TOY_CONFIG), "--eval-only",
+                                      f"train.init_checkpoint={tmp_path / 'nope.pth'}",
+                                      f"train.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as info:
+        tool["invoke_main"]()
+    assert info.value.code == 2
+    assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -125,7 +131,20 @@ def test_argument_parser_has_detectron2_flags_and_trailing_overrides():
     assert args.opts == ["train.max_iter=10", "optimizer.lr=0.1"]
 
 
-def test_default_setup_creates_output_dir_config_log_and_seeds(tmp_path):
+@pytest.fixture
+def restore_eva_logger():
+    """default_setup configures the process-wide ``eva_core`` logger; undo it for other tests."""
+    logger = logging.getLogger("eva_core")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    for h in logger.handlers:
+        if h not in handlers:
+            h.close()
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
+
+
+def test_default_setup_creates_output_dir_config_log_and_seeds(tmp_path, restore_eva_logger):
     cfg = LazyConfig.load(TOY_CONFIG)
     LazyConfig.apply_overrides(cfg, [f"train.output_dir={tmp_path / 'run'}", "train.seed=123"])
     default_setup(cfg, Namespace(config_file=str(TOY_CONFIG)))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
-import logging
 import os
 import types
 import uuid
@@ -28,8 +27,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .instantiate import dotted_name
 
 __all__ = ["LazyCall", "LazyConfig", "UnknownConfigKeyError", "ConfigFileError"]
-
-logger = logging.getLogger(__name__)
 
 _FLAGS = {"allow_objects": True}
 _CONFIG_PACKAGE = "eva_core._lazy_config"  # marks modules created from config files

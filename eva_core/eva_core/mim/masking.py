@@ -76,6 +76,8 @@ class BlockMaskGenerator:
         self.max_num_patches = max(1, self.num_masking_patches) if max_num_patches is None else int(max_num_patches)
         if self.max_num_patches < 1:
             raise ValueError(f"max_num_patches must be >= 1 (or None), got {max_num_patches}")
+        if not min_aspect > 0:
+            raise ValueError(f"min_aspect must be > 0, got {min_aspect}")
         max_aspect = max_aspect if max_aspect is not None else 1.0 / min_aspect
         if not (0 < min_aspect <= max_aspect):
             raise ValueError(f"need 0 < min_aspect <= max_aspect, got min_aspect={min_aspect}, "

@@ -262,10 +262,17 @@ class ClipTeacher(FeatureTeacher):
         self.visual = visual
         # a meta-device teacher (parameter / FLOP counting) has no storage to load weights into
         if weights is not None and device.type != "meta":
-            missing, unexpected = self.visual.load_state_dict(load_clip_visual_state_dict(weights), strict=False)
-            if missing or unexpected:
+            sd = load_clip_visual_state_dict(weights)
+            own = self.visual.state_dict()
+            missing = [k for k in own if k not in sd]
+            unexpected = [k for k in sd if k not in own]
+            wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                     if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+            if missing or unexpected or wrong:
                 raise ValueError(f"{weights}: does not match open_clip {model_name} vision tower; "
-                                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+                                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, "
+                                 f"shape mismatches {wrong[:5]}")
+            self.visual.load_state_dict(sd)
         self.grid_size = tuple(visual.grid_size)
         self.embed_dim = int(visual.output_dim)
         self.freeze()
@@ -301,7 +308,8 @@ class EvaTeacher(FeatureTeacher):
         if checkpoint is not None and not next(model.parameters()).is_meta:
             import eva_core
 
-            eva_core.load_checkpoint(model, checkpoint)
+            # strict: a teacher with silently missing weights would give meaningless targets
+            eva_core.load_checkpoint(model, checkpoint, strict=True)
         self.model = model
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
