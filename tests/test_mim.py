@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import eva_core
-from eva_core.mim import (BlockMaskGenerator, ClipTeacher, EvaMIM, EvaTeacher, MaskedImageDataset,
+from eva_core.mim import (CLIP_MEAN, CLIP_STD, BlockMaskGenerator, ClipTeacher, EvaMIM, EvaTeacher, MaskedImageDataset,
                           MIMTransform, negative_cosine_loss, pretraining_cost, resample_token_grid)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +42,7 @@ def test_mask_generator_masks_exactly_105_of_256_patches_in_blocks():
     # block-wise: masked patches have mostly masked 4-neighbours (random masking gives ~40%)
     m = np.stack(masks)
     nb = (m[:, 1:] & m[:, :-1]).sum() * 2 + (m[:, :, 1:] & m[:, :, :-1]).sum() * 2
-    deg = (np.pad(m, ((0, 0), (1, 1), (1, 1)))[:, :-2, 1:-1].astype(int) * 0 + 4).sum()  # upper bound
     assert nb / (m.sum() * 4) > 0.6, nb / (m.sum() * 4)
-    assert deg > 0
     # positions vary from mask to mask
     assert len({m.tobytes() for m in masks}) > 250
 
@@ -142,10 +140,8 @@ def test_teacher_low_precision_resize_renormalise_and_grid_resampling():
     tin.load_state_dict(t32.state_dict())
     raw = torch.rand(1, 3, 32, 32)
     m_in, s_in = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    m_c, s_c = torch.tensor(t32_mean := (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1), \
-        torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+    m_c, s_c = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(tin((raw - m_in) / s_in), t32((raw - m_c) / s_c), atol=1e-4, rtol=1e-4)
-    assert len(t32_mean) == 3
 
 
 def test_impossible_teacher_student_pairings_fail_clearly():
@@ -155,7 +151,7 @@ def test_impossible_teacher_student_pairings_fail_clearly():
     with pytest.raises(ValueError, match="expected 3x5"):
         resample_token_grid(tokens, (3, 5), (3, 5))
 
-    class Odd(torch.nn.Module):  # 15 tokens and no grid: cannot be laid out as a square
+    class Odd(torch.nn.Module):  # 15 patch tokens and no grid: cannot be laid out as a square
         num_features = 8
         num_prefix_tokens = 1
 
