@@ -14,3 +14,20 @@ torch.set_num_threads(1)
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def toy_pipeline_run(tmp_path_factory):
+    """``tools/eva_toy_pipeline.py --fast`` run once per session (about 30-45 s on one core):
+    ``(output folder, CompletedProcess)``. The MIM proof and the transfer proof both read it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("eva_toy_pipeline")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, str(repo / "tools" / "eva_toy_pipeline.py"), "--out", str(out),
+                           "--fast"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc

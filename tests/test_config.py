@@ -1,8 +1,10 @@
 """LazyConfig: LazyCall nodes, recursive instantiate, python/yaml loading, saving, overrides."""
+import functools
 import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from eva_core.config import (
@@ -12,6 +14,7 @@ from eva_core.config import (
     LazyConfig,
     UnknownConfigKeyError,
     instantiate,
+    locate,
 )
 
 
@@ -142,14 +145,71 @@ def test_save_then_load_yaml_gives_equal_config_that_instantiates(tmp_path):
 
 
 def test_save_warns_about_unserializable_values_instead_of_crashing(tmp_path):
+    def local_fn(x):
+        return x
+
     cfg = DictConfig({"optimizer": L(torch.optim.SGD)(params=None, lr=0.1)}, flags={"allow_objects": True})
     cfg.optimizer.params = torch.nn.Linear(2, 2)
     cfg.optimizer.fn = lambda x: x
-    with pytest.warns(UserWarning, match=r"optimizer\.params.*optimizer\.fn"):
+    cfg.optimizer.local = functools.partial(local_fn, 1)
+    cfg.optimizer.module = torch.nn.functional
+    cfg.optimizer.ok = F.gelu
+    with pytest.warns(UserWarning) as record:
         path = LazyConfig.save(cfg, tmp_path / "c.yaml")
+    message = str(record[0].message)
+    for key in ("optimizer.params", "optimizer.fn", "optimizer.local", "optimizer.module"):
+        assert key in message
+    assert "optimizer.ok" not in message, "an importable function must not be reported"
     again = LazyConfig.load(path)
     assert again.optimizer.lr == 0.1
     assert again.optimizer.params.startswith("<unserializable Linear")
+
+
+def _norm_layer_config():
+    return DictConfig({"block": L(dict)(
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        activation=F.gelu,
+        act_layer=torch.nn.GELU,
+        collate_fn=_params_of,
+        head=functools.partial(torch.nn.Linear, 8, out_features=3, bias=False),
+        nested=[functools.partial(torch.nn.Dropout, p=0.25)],
+    )}, flags={"allow_objects": True})
+
+
+def test_save_load_rebuilds_importable_functions_classes_and_partials(tmp_path, recwarn):
+    path = LazyConfig.save(_norm_layer_config(), tmp_path / "config.yaml")
+    assert not [w for w in recwarn if "unserializable" in str(w.message)]
+    assert "<unserializable" not in path.read_text()
+    block = instantiate(LazyConfig.load(path).block)
+    assert block["activation"] is F.gelu
+    assert block["act_layer"] is torch.nn.GELU
+    assert block["collate_fn"] is _params_of
+    norm = block["norm_layer"](16)
+    assert isinstance(norm, torch.nn.LayerNorm)
+    assert norm.eps == 1e-6 and norm.normalized_shape == (16,)
+    head = block["head"]
+    assert isinstance(head, functools.partial) and head.func is torch.nn.Linear
+    assert head.args == (8,) and head.keywords == {"out_features": 3, "bias": False}
+    assert head().bias is None and head().weight.shape == (3, 8)
+    assert block["nested"][0]().p == 0.25
+
+
+def test_saved_function_node_is_a_readable_locate_call(tmp_path):
+    text = LazyConfig.dump(DictConfig({"act": torch.nn.GELU}, flags={"allow_objects": True}))
+    assert "_target_: eva_core.config.locate" in text
+    assert "name: torch.nn.modules.activation.GELU" in text
+
+
+def test_locate_imports_dotted_names_and_names_what_is_missing():
+    assert locate("torch.nn.Linear") is torch.nn.Linear
+    assert locate("torch.nn.Linear.forward") is torch.nn.Linear.forward
+    assert locate("eva_core.config.locate") is locate
+    with pytest.raises(ImportError, match="'torch.nn' has no attribute 'NoSuchLayer'"):
+        locate("torch.nn.NoSuchLayer")
+    with pytest.raises(ImportError, match="no_such_package"):
+        locate("no_such_package.thing")
+    with pytest.raises(ImportError, match="dotted name"):
+        locate("torch..nn")
 
 
 def test_overrides_parse_python_literals_and_fall_back_to_strings(tmp_path):
@@ -181,6 +241,16 @@ def test_unknown_override_key_names_key_and_closest_existing_keys(tmp_path):
     with pytest.raises(UnknownConfigKeyError, match="train.amp.enabled"):
         LazyConfig.apply_overrides(cfg, ["train.amp.enabeld=1"])
     assert cfg.train.max_iter == 7, "a failed override must not change the config"
+
+
+def test_override_sets_key_whose_value_is_missing(tmp_path):
+    cfg = DictConfig({"a": "???", "train": {"output_dir": "???", "max_iter": 3}, "lst": ["???"]})
+    LazyConfig.apply_overrides(cfg, ["a=1", "train.output_dir=/tmp/run", "lst.0=5"])
+    assert cfg.a == 1 and cfg.train.output_dir == "/tmp/run" and list(cfg.lst) == [5]
+    with pytest.raises(UnknownConfigKeyError, match="'train.output'"):
+        LazyConfig.apply_overrides(cfg, ["train.output=1"])
+    with pytest.raises(UnknownConfigKeyError, match="'lst.1'"):
+        LazyConfig.apply_overrides(cfg, ["lst.1=1"])
 
 
 def test_malformed_override_is_a_clear_error(tmp_path):

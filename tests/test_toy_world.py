@@ -21,7 +21,7 @@ from scipy import ndimage
 from eva_core.data import ImageFolderDataset, WebDatasetImages, read_file_list
 from eva_core.data.annotations import load_coco_json, load_lvis_api, load_lvis_json
 from eva_core.data.toy_world import (COLORS, MOTIONS, SHAPES, Shape, generate_toy_world, main,
-                                     polygon_area, shape_polygon)
+                                     make_imagefolder, polygon_area, shape_polygon)
 
 # Below about this many pixels (radius ~6) shape outlines are too coarse to tell apart reliably.
 MIN_RECOGNIZABLE_AREA = 120
@@ -97,12 +97,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 def test_generation_is_deterministic_for_a_seed_and_changes_with_the_seed(world, tmp_path):
     again = generate_toy_world(tmp_path / "again", seed=0, size="small")
     other = generate_toy_world(tmp_path / "other", seed=1, size="small",
-                               formats=["imagefolder", "kinetics"])
+                               formats=["imagefolder", "imagefolder_color", "kinetics"])
     reference = tree_digest(Path(world["root"]))
     assert tree_digest(Path(again["root"])) == reference
     other_digest = tree_digest(Path(other["root"]))
     common = set(other_digest) & set(reference)
     assert any(f.endswith(".mp4") for f in common)
+    assert any(f.startswith("imagefolder_color/") for f in common)
     assert all(other_digest[f] != reference[f] for f in common if f.endswith((".jpg", ".mp4")))
 
 
@@ -112,6 +113,7 @@ def test_default_size_generates_everything_within_30_seconds(tmp_path):
     paths = generate_toy_world(tmp_path, seed=0, size="default")
     assert time.process_time() - start < 30
     assert len(ImageFolderDataset(paths["imagefolder_train"])) == 1000
+    assert len(ImageFolderDataset(paths["imagefolder_color_train"])) == 100 * len(COLORS)
 
 
 def test_cli_writes_the_requested_formats_and_a_manifest(tmp_path, capsys):
@@ -128,6 +130,10 @@ def test_unknown_format_or_size_is_rejected(tmp_path):
         generate_toy_world(tmp_path, formats=["pascal"])
     with pytest.raises(ValueError, match="size must be one of"):
         generate_toy_world(tmp_path, size="huge")
+    with pytest.raises(ValueError, match="label must be one of"):
+        make_imagefolder(tmp_path, label="texture")
+    with pytest.raises(ValueError, match=r"num_classes must be in \[1, 8\] for label='color'"):
+        make_imagefolder(tmp_path, num_classes=9, label="color")
 
 
 # ----------------------------------------------------------------------------- ImageFolder
@@ -139,6 +145,24 @@ def test_imagefolder_class_is_the_shape_drawn_in_the_image(world):
         mask = shape_pixels(load_rgb(path))
         assert mask.sum() > 20, path
         assert best_matching_kind(mask) == val.classes[label], path
+
+
+def test_imagefolder_color_class_is_the_colour_drawn_and_shape_types_vary(world):
+    train = ImageFolderDataset(world["imagefolder_color_train"])
+    val = ImageFolderDataset(world["imagefolder_color_val"])
+    assert train.classes == val.classes == sorted(COLORS)
+    assert len(train) == 6 * len(COLORS) and len(val) == 3 * len(COLORS)
+    kinds = set()
+    for path, label in train.samples + val.samples:
+        colors = palette_index_map(load_rgb(path))
+        painted = colors[colors >= 0]
+        assert painted.size > 10, path
+        # one shape, one colour: nearly every painted pixel is the class colour
+        assert (painted == list(COLORS).index(train.classes[label])).mean() > 0.9, path
+        assert count_blobs(colors >= 0) == 1, path
+        if painted.size >= MIN_RECOGNIZABLE_AREA:
+            kinds.add(best_matching_kind(colors >= 0))
+    assert len(kinds) >= 3  # the shape type is random, not tied to the class
 
 
 # ----------------------------------------------------------------------------- COCO

@@ -1,8 +1,8 @@
 """tools/lazyconfig_train_net.py end to end (subprocesses), launch() and default_setup()."""
+import importlib.util
 import json
 import logging
 import os
-import runpy
 import subprocess
 import sys
 import textwrap
@@ -16,7 +16,9 @@ import torch
 from eva_core.config import LazyConfig
 from eva_core.data.toy_world import SHAPES, draw_shapes, render_background, sample_shapes
 from eva_core.engine.defaults import default_argument_parser, default_setup
+from eva_core.engine import launch as launch_module
 from eva_core.engine.launch import launch
+from eva_core.utils import comm
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "lazyconfig_train_net.py"
@@ -71,26 +73,54 @@ def single_process_run(toy_data, tmp_path_factory):
     return out, _results(proc)
 
 
-def test_unknown_override_exits_2_naming_key_before_anything_starts(tmp_path):
-    out = tmp_path / "never_created"
-    proc = _run_tool("--config-file", TOY_CONFIG, "--num-gpus", "2", "train.max_iters=5",
-                     f"train.output_dir={out}", timeout=60)
-    assert proc.returncode == 2
-    assert "'train.max_iters'" in proc.stderr and "train.max_iter" in proc.stderr
-    assert not out.exists()
-    assert "Starting training" not in proc.stdout + proc.stderr
+@pytest.fixture
+def tool_without_launch(monkeypatch):
+    """tools/lazyconfig_train_net.py imported by path, in this process, with ``launch`` replaced
+    by a recorder: the exit-2 checks need no subprocess, and any started run would be seen."""
+    spec = importlib.util.spec_from_file_location("lazyconfig_train_net_under_test", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.launched = []
+    monkeypatch.setattr(tool, "launch", lambda *a, **k: tool.launched.append((a, k)))
+    return tool
 
 
-def test_missing_init_checkpoint_exits_2_before_anything_starts(tmp_path, monkeypatch, capsys):
-    tool = runpy.run_path(str(TOOL), run_name="lazyconfig_train_net")
-    monkeypatch.setattr(sys, "argv", [str(TOOL), "--config-file", str(TOY_CONFIG), "--eval-only",
-                                      f"train.init_checkpoint={tmp_path / 'nope.pth'}",
-                                      f"train.output_dir={tmp_path / 'out'}"])
+def _invoke(tool, monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", [str(TOOL), *map(str, argv)])
     with pytest.raises(SystemExit) as info:
-        tool["invoke_main"]()
-    assert info.value.code == 2
+        tool.invoke_main()
+    return info.value.code
+
+
+def test_unknown_override_exits_2_naming_key_before_anything_starts(tool_without_launch, tmp_path,
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "never_created"
+    code = _invoke(tool_without_launch, monkeypatch, "--config-file", TOY_CONFIG, "--num-gpus", 2,
+                   "train.max_iters=5", f"train.output_dir={out}")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'train.max_iters'" in err and "train.max_iter" in err
+    assert not out.exists()
+    assert tool_without_launch.launched == []
+
+
+def test_missing_init_checkpoint_exits_2_before_anything_starts(tool_without_launch, tmp_path,
+                                                                monkeypatch, capsys):
+    code = _invoke(tool_without_launch, monkeypatch, "--config-file", TOY_CONFIG, "--eval-only",
+                   f"train.init_checkpoint={tmp_path / 'nope.pth'}", f"train.output_dir={tmp_path / 'out'}")
+    assert code == 2
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert tool_without_launch.launched == []
+
+
+def test_valid_command_reaches_launch_with_parsed_arguments(tool_without_launch, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(TOOL), "--config-file", str(TOY_CONFIG), "--num-gpus", "3",
+                                      "train.max_iter=5"])
+    tool_without_launch.invoke_main()
+    [(args, kwargs)] = tool_without_launch.launched
+    assert args[0] is tool_without_launch.main and args[1] == 3
+    assert kwargs["args"][0].opts == ["train.max_iter=5"]
 
 
 def test_single_process_training_reaches_high_val_accuracy(single_process_run):
@@ -153,6 +183,63 @@ def test_default_setup_creates_output_dir_config_log_and_seeds(tmp_path, restore
     assert "seed 123" in (tmp_path / "run" / "log.txt").read_text()
     torch.manual_seed(123)
     assert torch.equal(first, torch.rand(3))
+
+
+@pytest.fixture
+def restore_cudnn_benchmark():
+    flag = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = flag
+
+
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_default_setup_sets_cudnn_benchmark_from_train_config(benchmark, tmp_path, restore_eva_logger,
+                                                              restore_cudnn_benchmark):
+    cfg = LazyConfig.load(TOY_CONFIG)
+    assert cfg.train.cudnn_benchmark is False, "detectron2's default: no autotuning"
+    LazyConfig.apply_overrides(cfg, [f"train.output_dir={tmp_path}", f"train.cudnn_benchmark={benchmark}"])
+    torch.backends.cudnn.benchmark = not benchmark
+    default_setup(cfg, Namespace(config_file=str(TOY_CONFIG)))
+    assert torch.backends.cudnn.benchmark is benchmark
+
+
+def test_default_setup_rejects_deterministic_with_cudnn_benchmark(tmp_path, restore_cudnn_benchmark):
+    cfg = LazyConfig.load(TOY_CONFIG)
+    LazyConfig.apply_overrides(cfg, [f"train.output_dir={tmp_path / 'run'}", "train.deterministic=True",
+                                     "train.cudnn_benchmark=True"])
+    with pytest.raises(ValueError, match="train.cudnn_benchmark=True.*train.deterministic=True"):
+        default_setup(cfg, Namespace(config_file=str(TOY_CONFIG)))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cores, processes, expected", [(8, 2, 4), (8, 3, 2), (2, 4, 1)])
+def test_spawned_cpu_worker_gets_its_share_of_the_cores(cores, processes, expected, monkeypatch,
+                                                         restore_torch_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: None)
+    monkeypatch.setattr(comm, "_LOCAL_RANK", comm.get_local_rank(), raising=False)
+    seen = []
+    # the worker body as mp.start_processes runs it, minus the real process group
+    launch_module._distributed_worker(0, lambda: seen.append(torch.get_num_threads()), processes * 2,
+                                      processes, 0, "tcp://127.0.0.1:1", (), launch_module.DEFAULT_TIMEOUT)
+    assert seen == [expected]
+
+
+def test_omp_num_threads_wins_over_the_core_share(monkeypatch, restore_torch_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert launch_module.share_cpu_threads(2) == 1
 
 
 def test_launch_validates_its_arguments():

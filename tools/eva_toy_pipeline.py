@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """EVA end to end on the toy world, on CPU: data -> teacher -> MIM pre-training -> linear probe.
 
-1. Toy world: shape scenes drawn with ``eva_core.data.toy_world``; class = the shape's colour.
+1. Toy world: the colour ImageFolder of ``eva_core.data.toy_world`` (``make_imagefolder(...,
+   label="color")``: one random shape per image, class = its colour, 8 classes).
 2. Teacher: a tiny eva_core classifier trained supervised on those labels (stands in for CLIP).
 3. MIM: ``configs/pretrain/toy.py`` through ``Trainer.from_config``: a tiny EVA student regresses
    the frozen teacher's patch features at block-masked positions (negative cosine).
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,33 +35,14 @@ FAST = dict(train_per_class=40, val_per_class=15, teacher_steps=150, mim_steps=2
 
 
 # ----------------------------------------------------------------------------- 1. toy world
-def make_colour_world(root: Path, train_per_class: int, val_per_class: int, size: int = 32,
-                      seed: int = 0) -> dict:
-    """ImageFolder ``root/{train,val}/<colour>/*.png``: one random toy-world shape per image."""
-    from eva_core.data.toy_world import COLORS, SHAPES, Shape, draw_shapes, render_background
-
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for c, colour in enumerate(COLORS):
-            folder = root / split / colour
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, split == "val", c, i])
-                radius = float(rng.uniform(0.12, 0.3) * size)
-                cx, cy = rng.uniform(radius + 1, size - radius - 1, size=2)
-                shape = Shape(SHAPES[int(rng.integers(len(SHAPES)))], colour, float(cx), float(cy), radius,
-                              float(rng.uniform(0, 2 * math.pi)))
-                draw_shapes(render_background(rng, size), [shape]).save(folder / f"{i:04d}.png")
-    return {"train": str(root / "train"), "val": str(root / "val"), "classes": list(COLORS)}
-
-
-def load_split(root: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole split as tensors (eval transform, CLIP normalisation)."""
+def load_split(root: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Whole split as tensors (eval transform, CLIP normalisation) and the class names."""
     from eva_core.data import CLIP_MEAN, CLIP_STD, ImageFolderDataset, build_transform
 
     ds = ImageFolderDataset(root, transform=build_transform(False, image_size, crop_pct=1.0, mean=CLIP_MEAN,
                                                             std=CLIP_STD, interpolation="bilinear"))
     samples = [ds[i] for i in range(len(ds))]
-    return torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples])
+    return torch.stack([s["image"] for s in samples]), torch.tensor([s["label"] for s in samples]), ds.classes
 
 
 # ----------------------------------------------------------------------------- 2. teacher
@@ -167,6 +148,7 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
 
     from eva_core.checkpoint import save_atomic
     from eva_core.config import LazyConfig, instantiate
+    from eva_core.data.toy_world import make_imagefolder
 
     # one thread: tiny matrices gain nothing from more and lose a lot on a shared CPU
     torch.set_num_threads(threads)
@@ -177,13 +159,15 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     t0 = time.perf_counter()
     timings = {}
 
-    world = make_colour_world(out / "toy_world", sizes["train_per_class"], sizes["val_per_class"], seed=seed)
     cfg = LazyConfig.load(str(REPO / "configs" / "pretrain" / "toy.py"))
-    num_classes = len(world["classes"])
-    cfg.model.teacher.model_overrides.num_classes = num_classes
     image_size = int(cfg.model.encoder.img_size)
-    x_train, y_train = load_split(world["train"], image_size)
-    x_val, y_val = load_split(world["val"], image_size)
+    world = make_imagefolder(out / "toy_world", train_per_class=sizes["train_per_class"],
+                             val_per_class=sizes["val_per_class"], img_size=image_size, seed=seed,
+                             label="color")
+    x_train, y_train, classes = load_split(world["imagefolder_color_train"], image_size)
+    x_val, y_val, _ = load_split(world["imagefolder_color_val"], image_size)
+    num_classes = len(classes)
+    cfg.model.teacher.model_overrides.num_classes = num_classes
     timings["data_s"] = time.perf_counter() - t0
 
     losses: list = []
@@ -196,7 +180,7 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
         timings["teacher_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        cfg.dataloader.train.dataset.dataset.root = world["train"]
+        cfg.dataloader.train.dataset.dataset.root = world["imagefolder_color_train"]
         cfg.dataloader.train.seed = seed
         cfg.model.teacher.checkpoint = str(teacher_path)
         cfg.train.output_dir = str(out / "mim")
@@ -221,7 +205,7 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     results = {
         "probe_accuracy": accuracy,
         "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
-        "losses": losses, "num_classes": num_classes, "classes": world["classes"],
+        "losses": losses, "num_classes": num_classes, "classes": classes,
         "num_train": int(len(y_train)), "num_val": int(len(y_val)),
         "teacher_steps": sizes["teacher_steps"], "mim_steps": sizes["mim_steps"], "fast": fast,
         "timings": timings, "loss_curve": str(out / "loss_curve.png"),

@@ -31,5 +31,6 @@ train = dict(
     deepspeed=None,  # a DeepSpeed config dict to train through DeepSpeed instead
     max_nonfinite_steps=10,  # stop after this many consecutive non-finite losses
     deterministic=False,
+    cudnn_benchmark=False,  # cuDNN autotuning: faster for fixed input sizes, slower when they vary
     allow_pickle=False,  # let checkpoint loading unpickle any type (trusted files only; --allow-pickle)
 )

@@ -5,7 +5,7 @@ trains it and writes ``teacher_checkpoint``); the student sees 32x32 crops on an
 with 26 block-masked patches (~40%, as EVA's 105/256)::
 
     python tools/lazyconfig_train_net.py --config-file configs/pretrain/toy.py \\
-        dataloader.train.dataset.dataset.root=OUT/toy_world/train \\
+        dataloader.train.dataset.dataset.root=OUT/toy_world/imagefolder_color/train \\
         model.teacher.checkpoint=OUT/teacher.safetensors
 """
 import torch
@@ -24,7 +24,7 @@ patch_size = 4
 grid = image_size // patch_size  # 8 x 8
 num_classes = 8  # teacher classes (toy world colours)
 arch = dict(img_size=image_size, patch_size=patch_size, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
-data_root = "output/eva_toy_pipeline/toy_world/train"
+data_root = "output/eva_toy_pipeline/toy_world/imagefolder_color/train"
 teacher_checkpoint = "output/eva_toy_pipeline/teacher.safetensors"
 
 model = L(EvaMIM)(

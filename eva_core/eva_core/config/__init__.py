@@ -1,5 +1,5 @@
 """LazyConfig: Python config files, LazyCall nodes and recursive instantiation (detectron2 style)."""
-from .instantiate import instantiate
+from .instantiate import instantiate, locate
 from .lazy import ConfigFileError, L, LazyCall, LazyConfig, UnknownConfigKeyError
 
-__all__ = ["LazyCall", "L", "LazyConfig", "instantiate", "UnknownConfigKeyError", "ConfigFileError"]
+__all__ = ["LazyCall", "L", "LazyConfig", "instantiate", "locate", "UnknownConfigKeyError", "ConfigFileError"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import functools
 import os
 import types
 import uuid
@@ -115,8 +116,15 @@ class LazyConfig:
 
     @staticmethod
     def save(cfg: DictConfig | dict, path: str | os.PathLike) -> Path:
-        """Write ``cfg`` as yaml. Values yaml cannot hold are replaced by a placeholder string
-        and reported in a warning; importable callables become dotted names."""
+        """Write ``cfg`` as yaml that :meth:`load` + :func:`instantiate` turn back into it.
+
+        Values stored as plain objects are written as config nodes when they can be re-imported:
+        a module-level function or class (``activation=F.gelu``) becomes
+        ``{_target_: eva_core.config.locate, name: "torch.nn.functional.gelu"}``,
+        which instantiates to that same object, and ``functools.partial(f, *args, **kw)``
+        becomes ``{_target_: f, _partial_: true, _args_: args, **kw}``. Anything else yaml
+        cannot hold (lambdas, local functions, live modules, tensors) is replaced by a
+        placeholder string and reported in a warning that names its key."""
         path = Path(path)
         bad: list[str] = []
         data = _to_yaml_data(_to_container(cfg), "", bad)
@@ -145,7 +153,7 @@ class LazyConfig:
         """
         for override in overrides:
             key, value, add = _parse_override(override)
-            if not add and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            if not add and not has_key(cfg, key):
                 raise UnknownConfigKeyError(key, closest_keys(cfg, key), override)
             OmegaConf.update(cfg, key, value, merge=True, force_add=add)
         return cfg
@@ -154,6 +162,20 @@ class LazyConfig:
     def dump(cfg: DictConfig) -> str:
         """The yaml text :meth:`save` would write (for logs)."""
         return OmegaConf.to_yaml(OmegaConf.create(_to_yaml_data(_to_container(cfg), "", [])))
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg``, including keys whose value is omegaconf's
+    missing value ``???`` (which ``OmegaConf.select`` and ``in`` treat as absent)."""
+    if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
+        return True
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=_MISSING) if parent_key else cfg
+    if isinstance(parent, DictConfig):
+        return leaf in parent.keys()
+    if isinstance(parent, ListConfig):
+        return leaf.lstrip("-").isdigit() and -len(parent) <= int(leaf) < len(parent)
+    return False
 
 
 def closest_keys(cfg: DictConfig, key: str, n: int = 3) -> list[str]:
@@ -232,8 +254,34 @@ def _to_yaml_data(obj: Any, where: str, bad: list[str]) -> Any:
         return obj
     if isinstance(obj, Path):
         return str(obj)
+    node = _importable_node(obj, where, bad)
+    if node is not None:
+        return node
     bad.append(where)
     return f"<unserializable {type(obj).__name__}: {_short_repr(obj)}>"
+
+
+_LOCATE = "eva_core.config.locate"
+_RESERVED_KEYS = ("_target_", "_partial_", "_args_")
+
+
+def _importable_node(obj: Any, where: str, bad: list[str]) -> dict | None:
+    """A config node that instantiates back to ``obj`` (an importable function or class, or a
+    ``functools.partial`` of one), or None when ``obj`` is neither."""
+    if isinstance(obj, functools.partial):
+        target = dotted_name(obj.func)
+        if target is None or any(k in _RESERVED_KEYS for k in obj.keywords):
+            return None
+        node: dict = {"_target_": target, "_partial_": True}
+        if obj.args:
+            node["_args_"] = _to_yaml_data(list(obj.args), f"{where}._args_", bad)
+        node.update(_to_yaml_data(dict(obj.keywords), where, bad))
+        return node
+    if isinstance(obj, type) or callable(obj):
+        name = dotted_name(obj)
+        if name is not None:
+            return {"_target_": _LOCATE, "name": name}
+    return None
 
 
 def _short_repr(obj: Any, limit: int = 80) -> str:

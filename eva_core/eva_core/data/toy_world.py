@@ -8,6 +8,10 @@ labels, boxes, masks, motions and captions are determined by what is drawn.
 Formats (paths relative to the output folder):
 
 - ``imagefolder/{train,val}/<shape>/*.jpg``: one shape per image, class = shape type.
+- ``imagefolder_color/{train,val}/<colour>/*.jpg``: one shape (any type) per image, class = its
+  colour (eight classes, ``COLORS``). A tiny EVA learns colours on a CPU in seconds but not shapes,
+  so the toy MIM pipeline and the toy transfer proof use this set (paths
+  ``imagefolder_color_{train,val}``).
 - ``coco/{train2017,val2017}/*.jpg`` + ``coco/annotations/instances_{train,val}2017.json``:
   COCO instances; category = shape type; polygon ``segmentation``, ``bbox`` xywh, ``area``
   (polygon area), ``iscrowd`` 0.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -50,7 +55,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "COLORS", "MOTIONS", "SIZES", "Shape", "shape_polygon", "polygon_area",
+__all__ = ["SHAPES", "COLORS", "IMAGEFOLDER_LABELS", "MOTIONS", "SIZES", "Shape", "shape_polygon", "polygon_area",
            "render_background", "draw_shapes", "shape_mask", "sample_shapes", "caption_for",
            "make_imagefolder", "make_coco", "make_lvis", "make_ade20k", "make_kinetics",
            "make_captions", "generate_toy_world", "main"]
@@ -63,18 +68,22 @@ COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230),
 MOTIONS = ("moving_left", "moving_right", "moving_up", "moving_down")
 _MOTION_STEP = {"moving_left": (-1, 0), "moving_right": (1, 0), "moving_up": (0, -1),
                 "moving_down": (0, 1)}
-_FORMAT_IDS = {"imagefolder": 1, "coco": 2, "lvis": 3, "ade20k": 4, "kinetics": 5, "captions": 6}
+_FORMAT_IDS = {"imagefolder": 1, "coco": 2, "lvis": 3, "ade20k": 4, "kinetics": 5, "captions": 6,
+               "imagefolder_color": 7}
+IMAGEFOLDER_LABELS = ("shape", "color")
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 # Sizes: "small" is for tests; "default" is still generated in well under 30 s on 2 cores.
 SIZES = {
     "small": {"imagefolder": dict(train_per_class=12, val_per_class=4, img_size=32),
+              "imagefolder_color": dict(train_per_class=6, val_per_class=3, img_size=32),
               "coco": dict(num_train=8, num_val=4, img_size=64),
               "lvis": dict(num_train=40, num_val=10, img_size=64, num_colors=6),
               "ade20k": dict(num_train=8, num_val=4, img_size=64),
               "kinetics": dict(train_per_class=3, val_per_class=2, img_size=32, num_frames=8),
               "captions": dict(num_images=16, img_size=64, shard_size=8)},
     "default": {"imagefolder": dict(train_per_class=200, val_per_class=40, img_size=64),
+                "imagefolder_color": dict(train_per_class=100, val_per_class=25, img_size=32),
                 "coco": dict(num_train=160, num_val=40, img_size=128),
                 "lvis": dict(num_train=300, num_val=60, img_size=128, num_colors=8),
                 "ade20k": dict(num_train=80, num_val=20, img_size=128),
@@ -234,24 +243,50 @@ def _random_color(rng: np.random.Generator) -> str:
 
 
 # --------------------------------------------------------------------------- ImageFolder
-def make_imagefolder(out: str | os.PathLike, num_classes: int = 5, train_per_class: int = 200,
-                     val_per_class: int = 40, img_size: int = 64, seed: int = 0) -> dict[str, str]:
-    """Classification set: one shape per image, class folder = shape type.
+# circumradius as a fraction of the image side; small colour shapes keep the colour a local cue
+# (a random-init encoder's pooled features barely see it), which is what makes pre-training matter
+_IMAGEFOLDER_RADIUS = {"shape": (0.25, 0.42), "color": (0.12, 0.3)}
+
+
+def make_imagefolder(out: str | os.PathLike, num_classes: int | None = None, train_per_class: int = 200,
+                     val_per_class: int = 40, img_size: int = 64, seed: int = 0,
+                     label: str = "shape") -> dict[str, str]:
+    """Classification set: one shape per image on a textured background.
+
+    Args:
+        out: output folder; the set goes to ``out/imagefolder`` (``label="shape"``) or
+            ``out/imagefolder_color`` (``label="color"``).
+        num_classes: the first ``num_classes`` of ``SHAPES`` / ``COLORS`` (None: all of them).
+        train_per_class / val_per_class: images per class folder.
+        img_size: square image side in pixels.
+        seed: the only source of randomness.
+        label: ``"shape"``: class folder = shape type, colour random; ``"color"``: class folder =
+            colour name, shape type random.
 
     Returns:
-        ``{"imagefolder_train": ..., "imagefolder_val": ...}``.
+        ``{"imagefolder_train": ..., "imagefolder_val": ...}`` (``imagefolder_color_*`` for colour).
     """
-    if not 1 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
-    root = Path(out) / "imagefolder"
+    if label not in IMAGEFOLDER_LABELS:
+        raise ValueError(f"label must be one of {IMAGEFOLDER_LABELS}, got {label!r}")
+    names = list(SHAPES) if label == "shape" else list(COLORS)
+    num_classes = len(names) if num_classes is None else num_classes
+    if not 1 <= num_classes <= len(names):
+        raise ValueError(f"num_classes must be in [1, {len(names)}] for label={label!r}, got {num_classes}")
+    fmt = "imagefolder" if label == "shape" else "imagefolder_color"
+    min_frac, max_frac = _IMAGEFOLDER_RADIUS[label]
+    root = Path(out) / fmt
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for label, kind in enumerate(SHAPES[:num_classes]):
+        for index, name in enumerate(names[:num_classes]):
             for i in range(per_class):
-                rng = _rng(seed, "imagefolder", split, label * per_class + i)
-                shape = _random_shape(rng, img_size, kind, _random_color(rng), 0.25, 0.42)
+                rng = _rng(seed, fmt, split, index * per_class + i)
+                if label == "shape":
+                    kind, color = name, _random_color(rng)
+                else:
+                    kind, color = SHAPES[int(rng.integers(len(SHAPES)))], name
+                shape = _random_shape(rng, img_size, kind, color, min_frac, max_frac)
                 image = draw_shapes(render_background(rng, img_size), [shape])
-                _save_jpeg(image, root / split / kind / f"{kind}_{i:05d}.jpg")
-    return {"imagefolder_train": str(root / "train"), "imagefolder_val": str(root / "val")}
+                _save_jpeg(image, root / split / name / f"{name}_{i:05d}.jpg")
+    return {f"{fmt}_train": str(root / "train"), f"{fmt}_val": str(root / "val")}
 
 
 # --------------------------------------------------------------------------- COCO
@@ -552,8 +587,10 @@ def make_captions(out: str | os.PathLike, num_images: int = 320, img_size: int =
 
 
 # --------------------------------------------------------------------------- all formats
-_MAKERS = {"imagefolder": make_imagefolder, "coco": make_coco, "lvis": make_lvis,
-           "ade20k": make_ade20k, "kinetics": make_kinetics, "captions": make_captions}
+_MAKERS = {"imagefolder": make_imagefolder,
+           "imagefolder_color": functools.partial(make_imagefolder, label="color"),
+           "coco": make_coco, "lvis": make_lvis, "ade20k": make_ade20k, "kinetics": make_kinetics,
+           "captions": make_captions}
 
 
 def generate_toy_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "default",
@@ -564,11 +601,13 @@ def generate_toy_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "d
         out_dir: output folder (created).
         seed: the only source of randomness.
         size: ``"small"`` (tests) or ``"default"``.
-        formats: subset of ``imagefolder, coco, lvis, ade20k, kinetics, captions`` (all if None).
+        formats: subset of ``imagefolder, imagefolder_color, coco, lvis, ade20k, kinetics,
+            captions`` (all if None).
 
     Returns:
-        Absolute paths by name (``imagefolder_train``, ``coco_train_json``, ``lvis_val_json``,
-        ``ade20k_root``, ``kinetics_train_list``, ``captions_shards``, ``manifest``, ...).
+        Absolute paths by name (``imagefolder_train``, ``imagefolder_color_train``,
+        ``coco_train_json``, ``lvis_val_json``, ``ade20k_root``, ``kinetics_train_list``,
+        ``captions_shards``, ``manifest``, ...).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")

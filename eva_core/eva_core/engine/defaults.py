@@ -71,12 +71,21 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     logs to the console (rank 0) and to ``log.txt`` in the output dir (``log.txt.rank{r}`` on
     other ranks); seeds python, numpy and torch with ``train.seed + rank`` (a negative or missing
     seed draws a random one, which is logged); asks for deterministic kernels when
-    ``train.deterministic`` is true.
+    ``train.deterministic`` is true; sets ``torch.backends.cudnn.benchmark`` to
+    ``train.cudnn_benchmark`` (default False, as detectron2).
+
+    Raises:
+        ValueError: ``train.deterministic`` and ``train.cudnn_benchmark`` are both true.
 
     Returns:
         the ``eva_core`` logger.
     """
     train = cfg.train
+    deterministic = bool(train.get("deterministic", False))
+    benchmark = bool(train.get("cudnn_benchmark", False))
+    if deterministic and benchmark:
+        raise ValueError("train.cudnn_benchmark=True conflicts with train.deterministic=True: "
+                         "cuDNN autotuning picks kernels by timing; set one of them to False")
     output_dir = train.get("output_dir")
     rank = comm.get_rank()
     if output_dir and comm.is_main_process():
@@ -96,5 +105,7 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     seed = int(seed) if seed is not None and seed >= 0 else random.SystemRandom().randrange(2**31)
     seed_all_rng(seed + rank)
     logger.info("seed %d (+ rank %d)", seed, rank)
-    set_deterministic(bool(train.get("deterministic", False)))
+    set_deterministic(deterministic)
+    # detectron2's default: autotuning pays off only when input shapes repeat
+    torch.backends.cudnn.benchmark = benchmark
     return logger

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from eva_core.utils import comm
 
-__all__ = ["launch", "DEFAULT_TIMEOUT", "find_free_port", "launched_by_torchrun"]
+__all__ = ["launch", "DEFAULT_TIMEOUT", "find_free_port", "launched_by_torchrun", "share_cpu_threads"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -95,6 +95,21 @@ def launch(
     )
 
 
+def share_cpu_threads(num_local_processes: int) -> int:
+    """Give this process its share of the machine's cores for torch's intra-op threads.
+
+    Spawned CPU workers would otherwise each use every core and oversubscribe the machine.
+    ``OMP_NUM_THREADS``, when set, is the user's choice and is left alone.
+
+    Returns:
+        torch's intra-op thread count after the call.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // num_local_processes))
+    return torch.get_num_threads()
+
+
 def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
@@ -105,6 +120,8 @@ def _distributed_worker(local_rank: int, main_func: Callable, world_size: int,
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+    else:
+        share_cpu_threads(num_gpus_per_machine)
     try:
         dist.init_process_group(backend=_backend(), init_method=dist_url, world_size=world_size,
                                 rank=global_rank, timeout=timeout)
