@@ -49,6 +49,7 @@ def few_label_sets(tmp_path_factory):
                              img_size=32, seed=seed, label="color") for seed in (1, 2)]
 
 
+@pytest.mark.xdist_group("toy_pipeline")
 def test_finetuning_from_toy_mim_checkpoint_beats_scratch_with_few_labels(toy_pipeline_run,
                                                                           few_label_sets, tmp_path):
     out, _ = toy_pipeline_run

@@ -1,9 +1,12 @@
 """The toy-world proof: MIM against a trained teacher beats random init on a linear probe."""
 import json
 
+import pytest
+
 from eva_core.data.toy_world import COLORS
 
 
+@pytest.mark.xdist_group("toy_pipeline")
 def test_toy_pipeline_mim_lowers_loss_and_beats_random_init_by_a_wide_margin(toy_pipeline_run):
     out, proc = toy_pipeline_run
     res = json.loads((out / "results.json").read_text())
