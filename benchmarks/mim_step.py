@@ -4,6 +4,11 @@
     python benchmarks/mim_step.py                         # tiny student + tiny CLIP teacher, CPU
     python benchmarks/mim_step.py --model giant --device cuda --batch 32   # EVA-g + CLIP-L/14, bf16
 
+Peer: the same MIM step (same teacher, masks, head and loss) with timm's ``Eva`` as the student
+encoder in the identical configuration (masked patch embeddings replaced by a mask token before
+the position embedding, as in ours); both run alternately in one process and the ratio
+ours / timm is printed.
+
 Prints samples/s, the model FLOPs of one step (student forward + backward = 3x forward, plus the
 teacher forward; counted by torch.utils.flop_counter on a meta-device copy) and the model FLOP
 utilisation MFU = achieved FLOP/s / peak (``--peak-tflops``; default: H100 dense bf16, 989).
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,16 +27,46 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def build(model: str, precision: str):
+GIANT = dict(img_size=224, patch_size=14, embed_dim=1408, depth=40, num_heads=16, mlp_ratio=6144 / 1408)
+TINY = dict(img_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3, mlp_ratio=4.0)
+
+
+class TimmMaskedStudent(torch.nn.Module):
+    """timm's ``Eva`` (EVA-01 configuration) with EVA's mask-token input, as a peer student encoder."""
+
+    def __init__(self, arch: dict):
+        super().__init__()
+        from timm.models.eva import Eva
+
+        self.eva = Eva(num_classes=0, qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True,
+                       use_rot_pos_emb=False, drop_path_rate=0.1, **arch)
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, arch["embed_dim"]))
+        self.patch_embed, self.norm = self.eva.patch_embed, self.eva.norm
+        self.num_features, self.num_prefix_tokens = self.eva.num_features, self.eva.num_prefix_tokens
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.eva.patch_embed(x)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x, rope = self.eva._pos_embed(x)
+        x = self.eva.norm_pre(x)
+        for blk in self.eva.blocks:
+            x = blk(x, rope=rope)
+        return self.eva.norm(x)
+
+
+def build(model: str, precision: str, impl: str = "ours"):
+    """(EvaMIM, image size, (grid, masked count, min block)) for the tiny or the paper's setup."""
     import eva_core
     from eva_core.mim import ClipTeacher, EvaMIM
 
+    arch = GIANT if model == "giant" else TINY
+    if impl == "timm":
+        enc = TimmMaskedStudent(arch)
+    else:
+        enc = eva_core.create_model("eva_giant_patch14_mim_224", drop_path_rate=0.1, **arch)
     if model == "giant":
-        enc = eva_core.create_model("eva_giant_patch14_mim_224", drop_path_rate=0.1)
         return EvaMIM(enc, ClipTeacher("ViT-L-14", precision=precision)), 224, (16, 105, 16)
-    enc = eva_core.create_model("eva_tiny_patch16_224", img_size=64, patch_size=8, embed_dim=192, depth=4,
-                                num_heads=3, num_classes=0, use_mask_token=True, use_fc_norm=False,
-                                global_pool="token")
     teacher = ClipTeacher("ViT-L-14", vision_cfg=dict(image_size=64, patch_size=8, width=128, layers=2,
                                                       head_width=32), embed_dim=96, precision=precision)
     return EvaMIM(enc, teacher), 64, (8, 26, 4)
@@ -59,6 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense FLOP/s of the device (TFLOP/s)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--no-peer", action="store_true", help="skip timm's Eva peer (e.g. to save GPU memory)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -72,10 +109,6 @@ def main(argv=None) -> dict:
     cost = pretraining_cost(meta_model, image_size=image_size, batch_size=1)
     del meta_model
 
-    torch.manual_seed(0)
-    model, _, _ = build(args.model, teacher_precision)
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
     from eva_core.mim import BlockMaskGenerator
 
     gen = BlockMaskGenerator(grid, count, min_num_patches=min_block)
@@ -84,26 +117,41 @@ def main(argv=None) -> dict:
     batch = {"image": images, "mask": mask}
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
 
-    def step():
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model(batch)["loss_mim"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+    def make_step(impl):
+        torch.manual_seed(0)
+        model, _, _ = build(args.model, teacher_precision, impl)
+        model.to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
+
+        def step():
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = model(batch)["loss_mim"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    def timed(step):
+        sync()
+        t = time.perf_counter()
+        step()
+        sync()
+        return time.perf_counter() - t
+
+    impls = ["ours"] if args.no_peer else ["ours", "timm"]
+    steps = {impl: make_step(impl) for impl in impls}  # (giant: both fit on one 80 GB GPU in bf16)
     for _ in range(args.warmup):
-        step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    sync()
-    dt = (time.perf_counter() - t) / args.iters
+        for impl in impls:
+            steps[impl]()
+    times = {impl: [] for impl in impls}
+    for _ in range(args.iters):  # alternate so both see the same machine load
+        for impl in impls:
+            times[impl].append(timed(steps[impl]))
+    dt = statistics.median(times["ours"])
     samples_s = args.batch / dt
     achieved = samples_s * cost["train_step_flops"]
     res = {
@@ -113,9 +161,12 @@ def main(argv=None) -> dict:
         "step_gflops_per_sample": cost["train_step_flops"] / 1e9,
         "achieved_tflops": achieved / 1e12, "peak_tflops": args.peak_tflops,
         "mfu": achieved / (args.peak_tflops * 1e12),
+        "timm_samples_per_s": None if args.no_peer else args.batch / statistics.median(times["timm"]),
         "masks_per_s": mask_speed(grid, count, min_block),
         "masks_per_s_16x16_105": mask_speed(16, 105, 16),
     }
+    if not args.no_peer:
+        res["ratio_vs_timm"] = res["samples_per_s"] / res["timm_samples_per_s"]
     if device.type == "cuda":
         res["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     for k, v in res.items():

@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..data.datasets import ImageSampleDataset
+from ..data.datasets import PathLabelDataset
 from ..evaluation import ClassificationEvaluator
 
 __all__ = ["EvalSetLayoutError", "imagenet_classes", "WnidFolderDataset", "ImageNetVal",
@@ -92,27 +92,13 @@ def _multi_hot(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     return row
 
 
-class _ListDataset(ImageSampleDataset):
-    """Shared plumbing: ``self.samples`` is a list of ``(path, label)``."""
+class _ListDataset(PathLabelDataset):
+    """Shared plumbing of the evaluation sets: ``self.samples`` is a list of ``(path, label)``."""
 
     set_name = "dataset"
 
-    def __init__(self, transform: Callable | None, strict: bool) -> None:
-        super().__init__(transform, strict=strict)
-        self.samples: list[tuple[str, int]] = []
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_path(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def open_image(self, index: int) -> Image.Image:
-        return Image.open(self.samples[index][0])
-
     def sample_fields(self, index: int) -> dict[str, Any]:
-        path, label = self.samples[index]
-        return {"label": label, "path": path, "index": index}
+        return {**super().sample_fields(index), "index": index}
 
     def _require_samples(self, root: str) -> None:
         if not self.samples:
@@ -141,7 +127,7 @@ class WnidFolderDataset(_ListDataset):
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *,
                  classes: Sequence[str] | None = None, strict: bool = False) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict=strict)
         self.root = str(root)
         self.classes = list(classes) if classes is not None else imagenet_classes()
         self.num_classes = len(self.classes)
@@ -204,7 +190,7 @@ class ImageNetV2(_ListDataset):
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *,
                  num_classes: int = 1000, strict: bool = False) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict=strict)
         self.root = str(root)
         self.num_classes = int(num_classes)
         for f in _subfolders(self.root, self.set_name):
@@ -239,7 +225,7 @@ class ImageNetReaL(_ListDataset):
     def __init__(self, root: str | os.PathLike, real_json: str | os.PathLike | None = None,
                  transform: Callable | None = None, *, classes: Sequence[str] | None = None,
                  strict: bool = False) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict=strict)
         self.root = str(root)
         if not os.path.isdir(self.root):
             raise EvalSetLayoutError(f"{self.set_name}: folder not found: {self.root}")
@@ -317,7 +303,7 @@ class ObjectNet(_ListDataset):
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *,
                  mappings_dir: str | os.PathLike | None = None, border_px: int = 2,
                  num_classes: int = 1000, strict: bool = False) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict=strict)
         self.root = str(root)
         self.num_classes = int(num_classes)
         self.border_px = int(border_px)

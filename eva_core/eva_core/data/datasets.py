@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import to_tensor
 
-__all__ = ["CorruptImageError", "ListFileError", "ImageSampleDataset", "ImageFolderDataset",
+__all__ = ["CorruptImageError", "ListFileError", "ImageSampleDataset", "PathLabelDataset", "ImageFolderDataset",
            "FileListDataset", "WebDatasetImages", "read_file_list", "expand_urls"]
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,28 @@ class ImageSampleDataset(Dataset):
         return sample
 
 
-class ImageFolderDataset(ImageSampleDataset):
+
+class PathLabelDataset(ImageSampleDataset):
+    """Base class for datasets whose samples are a list ``self.samples`` of ``(path, label)``."""
+
+    def __init__(self, transform: Callable | None = None, *, strict: bool = False):
+        super().__init__(transform, strict=strict)
+        self.samples: list[tuple[str, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_path(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def open_image(self, index: int) -> Image.Image:
+        return Image.open(self.samples[index][0])
+
+    def sample_fields(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        return {"label": label, "path": path}
+
+class ImageFolderDataset(PathLabelDataset):
     """Class-folder dataset (``root/<class>/<image>``) using torchvision's folder conventions.
 
     Classes are the sorted sub-folder names; labels are their positions.
@@ -113,19 +134,6 @@ class ImageFolderDataset(ImageSampleDataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_path(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def open_image(self, index: int) -> Image.Image:
-        return Image.open(self.samples[index][0])
-
-    def sample_fields(self, index: int) -> dict[str, Any]:
-        path, label = self.samples[index]
-        return {"label": label, "path": path}
 
 
 def read_file_list(list_file: str | os.PathLike) -> list[tuple[str, int]]:
@@ -157,7 +165,7 @@ def read_file_list(list_file: str | os.PathLike) -> list[tuple[str, int]]:
     return entries
 
 
-class FileListDataset(ImageSampleDataset):
+class FileListDataset(PathLabelDataset):
     """Images listed in a ``relative/path label`` text file, resolved against ``root``.
 
     Args:
@@ -179,19 +187,6 @@ class FileListDataset(ImageSampleDataset):
     @property
     def num_classes(self) -> int:
         return max(self.targets) + 1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_path(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def open_image(self, index: int) -> Image.Image:
-        return Image.open(self.samples[index][0])
-
-    def sample_fields(self, index: int) -> dict[str, Any]:
-        path, label = self.samples[index]
-        return {"label": label, "path": path}
 
 
 def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
