@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from eva_core.config import LazyConfig
-from eva_core.data.toy_world import SHAPES, draw_shapes, render_background, sample_shapes
+from eva_core.data.toy_world import make_imagefolder
 from eva_core.engine.defaults import default_argument_parser, default_setup
 from eva_core.engine import launch as launch_module
 from eva_core.engine.launch import launch
@@ -23,7 +23,7 @@ from eva_core.utils import comm
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "lazyconfig_train_net.py"
 TOY_CONFIG = REPO / "configs" / "classification" / "toy_imagefolder.py"
-COLOURS = ("red", "green", "blue", "yellow")
+NUM_CLASSES = 4
 
 
 def _env():
@@ -42,27 +42,14 @@ def _results(proc):
     return json.loads(lines[0][len("results: "):])
 
 
-def _write_colour_imagefolder(root: Path, split: str, per_class: int, seed: int) -> Path:
-    """A toy-world ImageFolder whose class is the colour of the one drawn shape (any shape type,
-    position, size, rotation, textured background): easy enough for a tiny ViT in seconds."""
-    for label, colour in enumerate(COLOURS):
-        folder = root / split / colour
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            rng = np.random.default_rng([seed, label, i])
-            kind = SHAPES[int(rng.integers(len(SHAPES)))]
-            shapes = sample_shapes(rng, 32, [(kind, colour)], min_frac=0.25, max_frac=0.42)
-            draw_shapes(render_background(rng, 32), shapes).save(folder / f"{i:03d}.png")
-    return root / split
-
-
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_imagefolder")
-    train = _write_colour_imagefolder(root, "train", per_class=32, seed=0)
-    val = _write_colour_imagefolder(root, "val", per_class=16, seed=1)
-    return [f"dataloader.train.dataset.root={train}", f"dataloader.test.dataset.root={val}",
-            f"model.net.num_classes={len(COLOURS)}", "train.max_iter=40", "train.eval_period=40",
+    # the toy world's colour task (class = colour of the one drawn shape), first 4 colours
+    paths = make_imagefolder(tmp_path_factory.mktemp("toy_world"), num_classes=NUM_CLASSES, train_per_class=32,
+                             val_per_class=16, img_size=32, seed=0, label="color")
+    return [f"dataloader.train.dataset.root={paths['imagefolder_color_train']}",
+            f"dataloader.test.dataset.root={paths['imagefolder_color_val']}",
+            f"model.net.num_classes={NUM_CLASSES}", "train.max_iter=40", "train.eval_period=40",
             "train.checkpointer.period=40", "train.log_period=20", "train.device=cpu"]
 
 
