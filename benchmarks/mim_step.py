@@ -38,7 +38,7 @@ class TimmMaskedStudent(torch.nn.Module):
         super().__init__()
         from timm.models.eva import Eva
 
-        self.eva = Eva(num_classes=0, qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True,
+        self.eva = Eva(num_classes=0, global_pool="token", use_fc_norm=False, qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True,
                        use_rot_pos_emb=False, drop_path_rate=0.1, **arch)
         self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, arch["embed_dim"]))
         self.patch_embed, self.norm = self.eva.patch_embed, self.eva.norm
