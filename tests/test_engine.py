@@ -334,3 +334,77 @@ def test_from_config_builds_trainer_from_lazy_config(tmp_path):
 
 def _all_params(model):
     return list(model.parameters())
+
+
+# --------------------------------------------------------------------------- fp16 loss scaler
+def _scaler_run(overflows, **scaler_kw):
+    """Steps of an fp32 model through DynamicLossScaler; ``overflows[i]`` injects inf gradients.
+
+    Returns the scale after each step and whether the step changed the weights."""
+    from eva_core.engine.amp import DynamicLossScaler
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = DynamicLossScaler("cpu", **scaler_kw)
+    scales, changed = [], []
+    for overflow in overflows:
+        before = model.weight.detach().clone()
+        scaler.scale(model(torch.randn(2, 4)).sum()).backward()
+        if overflow:
+            model.weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        scales.append(scaler.get_scale())
+        changed.append(not torch.equal(model.weight, before))
+        assert scaler.last_step_overflowed == overflow
+    return scales, changed, scaler
+
+
+def test_loss_scaler_hysteresis_2_lowers_the_scale_on_the_second_overflow_and_skips_both():
+    seq = [0, 1, 1, 1, 0, 0, 0, 1, 0]
+    scales, changed, _ = _scaler_run(seq, init_scale=2.0**16, growth_interval=3, hysteresis=2)
+    assert changed == [not o for o in seq]  # every overflow skips its step
+    # 1st overflow tolerated, 2nd halves (tolerance refilled), 3rd tolerated again; three good
+    # steps double the scale and refill the tolerance, so the next overflow is tolerated
+    assert scales == [2.0**16, 2.0**16, 2.0**15, 2.0**15, 2.0**15, 2.0**15, 2.0**16, 2.0**16, 2.0**16]
+    torch_like, _, _ = _scaler_run(seq, init_scale=2.0**16, growth_interval=3, hysteresis=1)
+    assert torch_like[:4] == [2.0**16, 2.0**15, 2.0**14, 2.0**13]
+
+
+def test_loss_scaler_never_goes_below_min_scale():
+    scales, changed, _ = _scaler_run([1, 1, 1, 1, 0], init_scale=8.0, hysteresis=1, min_scale=2.0)
+    assert scales == [4.0, 2.0, 2.0, 2.0, 2.0] and changed == [False] * 4 + [True]
+    with pytest.raises(ValueError, match="min_scale"):
+        _scaler_run([], init_scale=0.5, min_scale=1.0)
+
+
+def test_loss_scaler_state_dict_keeps_the_hysteresis_count():
+    from eva_core.engine.amp import DynamicLossScaler
+
+    _, _, scaler = _scaler_run([1], init_scale=2.0**10, hysteresis=3)
+    restored = DynamicLossScaler("cpu", hysteresis=3)
+    restored.load_state_dict(scaler.state_dict())
+    assert restored.overflows_left == 2 and restored.get_scale() == 2.0**10
+
+
+def test_common_train_config_gives_the_papers_fp16_loss_scaling():
+    from pathlib import Path
+
+    from eva_core.config import LazyCall as L
+    from eva_core.config import LazyConfig
+    from eva_core.engine.config_build import trainer_kwargs_from_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = LazyConfig.load(str(root / "configs/common/train.py"))
+    cfg.train.update(device="cpu", output_dir=None, amp={**cfg.train.amp, "enabled": True, "dtype": "fp16"})
+    cfg.model = L(ToyRegressor)(hidden=8)
+    cfg.optimizer = L(torch.optim.SGD)(params=L(_all_params)(model=None), lr=0.01)
+    cfg.dataloader = {"train": L(FixedBatches)(batches=toy_batches(1, 8))}
+    kw = trainer_kwargs_from_config(cfg)
+    t = make_trainer(amp_enabled=kw["amp_enabled"], amp_dtype=kw["amp_dtype"],
+                     grad_scaler_kwargs=kw["grad_scaler_kwargs"])
+    s = t.scaler
+    assert s.is_enabled()
+    assert (s.get_scale(), s.get_growth_interval(), s.hysteresis, s.min_scale) == (2.0**16, 500, 2, 1.0)

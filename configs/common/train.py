@@ -10,6 +10,12 @@ train = dict(
     amp=dict(
         enabled=False,
         dtype="bfloat16",  # "float16" adds a dynamic loss scaler
+        loss_scale=dict(  # fp16 only; the paper's recipe (DeepSpeed's dynamic loss scaling)
+            init_scale=2.0**16,
+            growth_interval=500,  # steps without overflow before the scale doubles
+            hysteresis=2,  # the scale halves on the 2nd overflow (every overflow skips its step)
+            min_scale=1.0,
+        ),
     ),
     ddp=dict(  # arguments of torch DistributedDataParallel
         broadcast_buffers=False,

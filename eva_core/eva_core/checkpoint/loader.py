@@ -15,8 +15,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ..models.pos_embed import resample_patch_embed, resample_pos_embed_grid, resample_rel_pos
-from ..models.pos_embed import _resize_bias_table  # table resizing shared with the model
+from ..models.pos_embed import resample_patch_embed, resample_pos_embed_grid, resample_rel_pos, resize_bias_table
 from .io import load_file
 from .layouts import split_pos_embed_grid, to_eva_layout, unwrap_state_dict
 
@@ -173,7 +172,7 @@ def _resize_table(key: str, v: torch.Tensor, t: torch.Tensor, model: nn.Module) 
             raise ValueError(f"{rows} rows is not a square (2S-1)^2 table{' + 3 CLS rows' if cls else ''}")
         return side, side
 
-    return _resize_bias_table(v.float(), window(v.shape[0]), window(t.shape[0]), cls)
+    return resize_bias_table(v.float(), window(v.shape[0]), window(t.shape[0]), cls)
 
 
 def load_checkpoint(

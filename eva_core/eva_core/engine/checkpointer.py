@@ -7,6 +7,13 @@ of every rank, all as tensors or plain Python types so that it loads with
 ``torch.load(weights_only=True)``. Files are written only through ``save_atomic`` and
 ``last_checkpoint`` is updated only after the file is complete, so a crash at any point leaves
 the previous checkpoint usable.
+
+In DeepSpeed mode each checkpoint also has a folder ``model_{iter:07d}.deepspeed`` written by the
+engine's own ``save_checkpoint`` (every rank writes its ZeRO optimizer shard, fp32 master weights
+and loss scaler there). All ranks write it into a ``.model_{iter:07d}.deepspeed.tmp`` folder that
+rank 0 renames once complete, before the ``.pth`` file and ``last_checkpoint`` are written; it is
+removed together with its ``.pth`` file (``max_to_keep``). DeepSpeed reads that folder with its
+own loader, which unpickles: resume only from output folders you trust.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,9 @@ __all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model"]
 
 logger = logging.getLogger("eva_core.engine")
 
-_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+_PERIODIC = re.compile(r"^model_(\d{7})\.(pth|deepspeed)$")
+_DEEPSPEED_SUFFIX = ".deepspeed"
+_DEEPSPEED_TAG = "state"  # DeepSpeed's sub-folder (its "tag") inside each checkpoint folder
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -87,13 +97,17 @@ class Checkpointer:
         save_dir: folder for checkpoint files; ``None`` disables saving.
         max_to_keep: keep at most this many periodic ``model_{iter}.pth`` files (None: all).
         allow_pickle: let :meth:`load` unpickle types outside the allowlist (trusted files only).
+        deepspeed_engine: in DeepSpeed mode, the engine whose model, optimizer and loss-scaler
+            state (partitioned per rank under ZeRO) is saved next to each ``.pth`` file.
         **checkpointables: objects with ``state_dict`` / ``load_state_dict`` (optimizer,
             scheduler, scaler, ema, data_loader, ...).
     """
 
     def __init__(self, model: torch.nn.Module, save_dir: str | None = None, *,
-                 max_to_keep: int | None = None, allow_pickle: bool = False, **checkpointables: Any):
+                 max_to_keep: int | None = None, allow_pickle: bool = False,
+                 deepspeed_engine: Any = None, **checkpointables: Any):
         self.model = model
+        self.deepspeed_engine = deepspeed_engine
         self.save_dir = Path(save_dir) if save_dir else None
         self.max_to_keep = max_to_keep
         self.allow_pickle = allow_pickle
@@ -118,6 +132,8 @@ class Checkpointer:
     def save(self, name: str, **extra: Any) -> Path | None:
         """Write ``{save_dir}/{name}.pth`` (rank 0) and point ``last_checkpoint`` at it."""
         state = self.collect_state(**extra)
+        if self.deepspeed_engine is not None and self.save_dir is not None:
+            self._save_deepspeed_state(name)  # collective; complete before the .pth names it
         if self.save_dir is None or state is None:
             comm.synchronize()
             return None
@@ -128,6 +144,28 @@ class Checkpointer:
         logger.info(f"Saved checkpoint {path}")
         comm.synchronize()
         return path
+
+    def deepspeed_dir(self, checkpoint: str | os.PathLike) -> Path:
+        """The DeepSpeed state folder that belongs to checkpoint file ``checkpoint``."""
+        checkpoint = Path(checkpoint)
+        return checkpoint.with_name(checkpoint.stem + _DEEPSPEED_SUFFIX)
+
+    def _save_deepspeed_state(self, name: str) -> None:
+        final = self.save_dir / f"{name}{_DEEPSPEED_SUFFIX}"
+        tmp = self.save_dir / f".{final.name}.tmp"
+        if comm.is_main_process():
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        comm.synchronize()
+        # every rank writes its own optimizer partition; the call ends with a barrier
+        self.deepspeed_engine.save_checkpoint(str(tmp), tag=_DEEPSPEED_TAG, save_latest=False)
+        if comm.is_main_process():
+            old = self.save_dir / f".{final.name}.old.tmp"
+            if final.exists():  # model_final saved again by a resumed run
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        comm.synchronize()
 
     def save_weights(self, path: str | os.PathLike, module: torch.nn.Module | None = None) -> Path | None:
         """Export only model weights (``.safetensors`` or ``.pth``), rank 0."""
@@ -146,10 +184,12 @@ class Checkpointer:
         if not self.max_to_keep:
             return
         keep = self.get_checkpoint_file()
-        periodic = sorted(p for p in self.save_dir.iterdir() if _PERIODIC.match(p.name))
-        for p in periodic[: max(len(periodic) - self.max_to_keep, 0)]:
-            if keep is None or p != keep:
-                p.unlink(missing_ok=True)
+        keep = keep.stem if keep is not None else None
+        stems = sorted({p.stem for p in self.save_dir.iterdir() if _PERIODIC.match(p.name)})
+        for stem in stems[: max(len(stems) - self.max_to_keep, 0)]:
+            if stem != keep:
+                (self.save_dir / f"{stem}.pth").unlink(missing_ok=True)
+                shutil.rmtree(self.save_dir / f"{stem}{_DEEPSPEED_SUFFIX}", ignore_errors=True)
 
     def remove_stale_temp_files(self) -> None:
         """Delete temporaries left by a process killed in the middle of a write (rank 0)."""
@@ -157,7 +197,10 @@ class Checkpointer:
             return
         for p in self.save_dir.glob(".*.tmp"):
             logger.warning(f"Removing incomplete checkpoint write {p}")
-            p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     # --------------------------------------------------------------- loading
     def get_checkpoint_file(self) -> Path | None:
@@ -180,6 +223,7 @@ class Checkpointer:
 
         Raises:
             KeyError: a requested checkpointable is missing from the file.
+            FileNotFoundError: in DeepSpeed mode, the checkpoint has no DeepSpeed state folder.
         """
         state = load_file(path, allow_pickle=self.allow_pickle)
         if not isinstance(state, dict) or "model" not in state:
@@ -191,9 +235,25 @@ class Checkpointer:
             if name not in state:
                 raise KeyError(f"{path}: has no '{name}' state to restore (keys: {sorted(state)})")
             self.checkpointables[name].load_state_dict(state.pop(name))
+        if self.deepspeed_engine is not None:
+            self._load_deepspeed_state(path)
         self._restore_rng(path, state.pop("rng_states", None))
         logger.info(f"Loaded checkpoint {path}")
         return state
+
+    def _load_deepspeed_state(self, path: str | os.PathLike) -> None:
+        folder = self.deepspeed_dir(path)
+        if not (folder / _DEEPSPEED_TAG).is_dir():
+            raise FileNotFoundError(
+                f"{path}: DeepSpeed resume needs the engine state folder {folder} (optimizer shards, "
+                "fp32 master weights, loss scale), which is missing; a checkpoint of a run without "
+                "train.deepspeed can only start a DeepSpeed run through train.init_checkpoint")
+        # restores module weights, the (partitioned) optimizer state, fp32 master weights, the loss
+        # scaler and DeepSpeed's step counters; the lr schedule is ours (the "scheduler" entry)
+        load_path, _ = self.deepspeed_engine.load_checkpoint(
+            str(folder), tag=_DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load its state from {folder}")
 
     def _restore_rng(self, path: Any, rng_states: list | None) -> None:
         if not rng_states:

@@ -65,6 +65,7 @@ def trainer_kwargs_from_config(cfg: Any) -> dict[str, Any]:
         init_checkpoint=_select(cfg, "train.init_checkpoint") or None,
         amp_enabled=bool(_select(cfg, "train.amp.enabled", False)),
         amp_dtype=_select(cfg, "train.amp.dtype", "fp16"),
+        grad_scaler_kwargs=_select(cfg, "train.amp.loss_scale", None),
         ddp_kwargs=_select(cfg, "train.ddp", None) or {},
         checkpoint_period=_select(cfg, "train.checkpointer.period", 0),
         max_to_keep=_select(cfg, "train.checkpointer.max_to_keep", None),

@@ -2,7 +2,8 @@
 
 Used when ``train.deepspeed`` is a DeepSpeed config dict. The trainer keeps its hooks, loader and
 lr schedule; DeepSpeed owns the forward wrapper, loss scaling, gradient accumulation, clipping and
-the sharded optimizer step. On CPU set ``DS_ACCELERATOR=cpu`` (gloo).
+the sharded optimizer step. The Checkpointer saves the engine's own state (optimizer shards, fp32
+master weights, loss scaler) next to each checkpoint, so a resumed run continues exactly. On CPU set ``DS_ACCELERATOR=cpu`` (gloo).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..utils.device import to_device
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["initialize_deepspeed", "deepspeed_step", "load_deepspeed_state", "fill_deepspeed_config"]
+__all__ = ["initialize_deepspeed", "deepspeed_step", "fill_deepspeed_config"]
 
 logger = logging.getLogger("eva_core.engine")
 
@@ -98,10 +99,3 @@ def deepspeed_step(trainer: "Trainer") -> None:
     grad_norm = float(grad_norm) if isinstance(grad_norm, (int, float, torch.Tensor)) else None
     trainer._record_step(loss_dicts, totals, data_time, grad_norm)
     trainer._track_nonfinite(finite, totals)
-
-
-def load_deepspeed_state(engine: Any, path: Any) -> None:
-    """Resuming a DeepSpeed run restores model weights, schedule, EMA, RNG and loader position from
-    our checkpoint; DeepSpeed's sharded optimizer state is not in it and restarts."""
-    logger.warning(f"{path}: DeepSpeed optimizer state is not stored in eva_core checkpoints; "
-                   "the optimizer state restarts from zero after resume")

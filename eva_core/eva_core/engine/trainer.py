@@ -88,7 +88,8 @@ class Trainer:
         deepspeed_config: a DeepSpeed config dict: train through a DeepSpeed engine instead.
         init_checkpoint: weights loaded by ``resume_or_load`` when not resuming.
         allow_pickle: let checkpoint loading unpickle arbitrary types (trusted files only).
-        grad_scaler_kwargs: extra ``torch.amp.GradScaler`` arguments.
+        grad_scaler_kwargs: fp16 loss-scaler arguments (``train.amp.loss_scale``): ``init_scale``,
+            ``growth_interval``, ``hysteresis``, ``min_scale``, ... (see ``amp.DynamicLossScaler``).
         extra_hooks: hooks appended after the default ones.
         tensorboard: write TensorBoard events next to ``metrics.json``.
     """
@@ -159,7 +160,7 @@ class Trainer:
             model, output_dir, max_to_keep=max_to_keep, allow_pickle=allow_pickle,
             optimizer=optimizer if self.deepspeed is None else None, scheduler=self.lr_scheduler,
             scaler=self.scaler if self.scaler.is_enabled() else None, ema=self.ema,
-            data_loader=loader_state)
+            data_loader=loader_state, deepspeed_engine=self.deepspeed)
         self._hooks: list[H.HookBase] = []
         self.register_hooks([
             H.IterationTimer(),
@@ -209,10 +210,6 @@ class Trainer:
         if resume and self.checkpointer.has_checkpoint():
             path = self.checkpointer.get_checkpoint_file()
             extra = self.checkpointer.load(path)
-            if self.deepspeed is not None:
-                from .deepspeed_engine import load_deepspeed_state
-
-                load_deepspeed_state(self.deepspeed, path)
             self.start_iter = int(extra["iteration"]) + 1
             logger.info(f"Resumed from {path}: continuing at iteration {self.start_iter}")
             return
@@ -289,11 +286,10 @@ class Trainer:
             finite = False  # with fp16 the scaler skips overflow steps and lowers the scale itself
         self.step_taken = finite
         if finite:
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            # an fp16 overflow makes the scaler skip the step and lower the scale
-            self.step_taken = not self.scaler.is_enabled() or self.scaler.get_scale() >= scale
+            # an fp16 overflow makes the scaler skip the step (and maybe lower the scale)
+            self.step_taken = not self.scaler.last_step_overflowed
         self.optimizer.zero_grad(set_to_none=True)
         self._record_step(loss_dicts, totals, data_time, grad_norm)
         self._track_nonfinite(finite, totals)

@@ -23,6 +23,7 @@ __all__ = [
     "decomposed_rel_pos_bias",
     "rel_pos_bias_from_table",
     "rel_pos_table_size",
+    "resize_bias_table",
 ]
 
 
@@ -121,7 +122,7 @@ def rel_pos_table_size(window: Sequence[int], class_token: bool) -> int:
     return (2 * window[0] - 1) * (2 * window[1] - 1) + (3 if class_token else 0)
 
 
-def _resize_bias_table(table: torch.Tensor, old: Sequence[int], new: Sequence[int], class_token: bool) -> torch.Tensor:
+def resize_bias_table(table: torch.Tensor, old: Sequence[int], new: Sequence[int], class_token: bool) -> torch.Tensor:
     """Bicubically resize the spatial rows of a BEiT bias table from window ``old`` to ``new``."""
     extra = 3 if class_token else 0
     spatial = table[: table.shape[0] - extra] if extra else table
@@ -143,7 +144,7 @@ def rel_pos_bias_from_table(
     """
     grid = tuple(int(g) for g in grid)
     if tuple(table_window) != grid:
-        table = _resize_bias_table(table, table_window, grid, class_token)
+        table = resize_bias_table(table, table_window, grid, class_token)
     index = gen_relative_position_index(grid, class_token=class_token, device=table.device)
     n = index.shape[0]
     return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1).contiguous()
