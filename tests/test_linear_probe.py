@@ -74,6 +74,18 @@ def test_probe_head_is_batchnorm_without_affine_then_linear_on_cls():
     assert not probe.encoder.training  # frozen encoder stays in eval mode
 
 
+def test_token_avg_pool_concatenates_cls_and_mean_patch_token():
+    enc = encoder()
+    probe = LinearProbe(enc, 4, pool="token_avg")
+    assert probe.bn.num_features == probe.head.in_features == 2 * enc.num_features
+    x = torch.randn(2, 3, 16, 16)
+    feats, _ = extract_features(enc, [{"image": x[0], "label": 0}, {"image": x[1], "label": 1}], pool="token_avg")
+    tokens = enc.forward_features(x)
+    expected = torch.cat([tokens[:, 0], tokens[:, enc.num_prefix_tokens:].mean(1)], dim=1)
+    assert torch.allclose(feats, expected, atol=1e-6)
+    assert probe(x).shape == (2, 4)
+
+
 def test_lars_adapts_the_weight_update_to_its_norm():
     from eva_core.classification.linear_probe import _build_optimizer
 

@@ -31,7 +31,7 @@ __all__ = ["LinearProbe", "extract_features", "linear_probe", "main"]
 
 logger = logging.getLogger(__name__)
 
-POOLS = ("token", "avg")
+POOLS = ("token", "avg", "token_avg")
 
 
 def _pool_tokens(encoder: nn.Module, tokens: torch.Tensor, pool: str) -> torch.Tensor:
@@ -45,6 +45,10 @@ def _pool_tokens(encoder: nn.Module, tokens: torch.Tensor, pool: str) -> torch.T
             raise ValueError("linear probe: pool='token' needs an encoder with a CLS token "
                              "(num_prefix_tokens >= 1); use pool='avg'")
         return tokens[:, 0]
+    if pool == "token_avg":
+        if prefix < 1:
+            raise ValueError("linear probe: pool='token_avg' needs an encoder with a CLS token; use pool='avg'")
+        return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
     return tokens[:, prefix:].mean(dim=1)
 
 
@@ -55,7 +59,9 @@ class LinearProbe(nn.Module):
         encoder: timm-API model with ``forward_features`` and ``num_features``; it is frozen
             (``requires_grad=False``) and always run in eval mode.
         num_classes: classifier outputs.
-        pool: ``"token"`` (CLS, the EVA-CLIP / MAE protocol) or ``"avg"`` (mean of patch tokens).
+        pool: ``"token"`` (CLS, the EVA-CLIP / MAE protocol), ``"avg"`` (mean of patch tokens) or
+            ``"token_avg"`` (both concatenated, as DINO's ViT-S probe; suits MIM encoders, whose
+            CLS token gets no direct training signal).
 
     Forward: ``batch`` dict (``"image"``) or image tensor -> logits; ``forward_from_features``
     skips the encoder (cached features).
@@ -72,6 +78,7 @@ class LinearProbe(nn.Module):
             raise ValueError(f"linear probe: num_classes must be positive, got {num_classes}")
         self.encoder = encoder.requires_grad_(False)
         self.pool = pool
+        dim = 2 * dim if pool == "token_avg" else dim
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         self.head = nn.Linear(dim, int(num_classes))
         # MAE's probe init: small weights so LARS's trust ratio starts from a sane norm
