@@ -164,3 +164,30 @@ def test_deepspeed_zero1_trains_skips_nan_steps_and_resumes_exactly(tmp_path, mo
     split = load_file(tmp_path / "split/model_final.pth")
     for k, v in full["model"].items():
         assert torch.equal(split["model"][k], v), k
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_resume_reads_files_without_running_pickled_code(tmp_path):
+    import fractions
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from eva_core.checkpoint import CheckpointFormatError
+    from eva_core.engine.checkpointer import _safe_deepspeed_reads
+
+    def unsafe_load(path, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+    engine = SimpleNamespace(checkpoint_engine=SimpleNamespace(load=unsafe_load))
+    ds_file, evil_file = tmp_path / "optim_states.pt", tmp_path / "evil.pt"
+    torch.save({"loss_scaler": LossScaler(4.0), "w": torch.ones(2)}, ds_file)
+    torch.save({"payload": fractions.Fraction(1, 3)}, evil_file)
+    with _safe_deepspeed_reads(engine, allow_pickle=False):
+        state = engine.checkpoint_engine.load(str(ds_file))  # DeepSpeed's own types are allowlisted
+        assert state["loss_scaler"].cur_scale == 4.0 and torch.equal(state["w"], torch.ones(2))
+        with pytest.raises(CheckpointFormatError, match="allow_pickle"):
+            engine.checkpoint_engine.load(str(evil_file))
+    assert engine.checkpoint_engine.load is unsafe_load  # DeepSpeed's loader is put back
+    with _safe_deepspeed_reads(engine, allow_pickle=True):
+        assert engine.checkpoint_engine.load(str(evil_file))["payload"] == fractions.Fraction(1, 3)

@@ -14,7 +14,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -58,7 +58,8 @@ def _safe_globals() -> list:
 SAFE_GLOBALS = _safe_globals()
 
 
-def load_file(path: str | os.PathLike, *, allow_pickle: bool = False, map_location: Any = "cpu") -> Any:
+def load_file(path: str | os.PathLike, *, allow_pickle: bool = False, map_location: Any = "cpu",
+              extra_safe_globals: Sequence[Any] = ()) -> Any:
     """Load a ``.safetensors`` or torch checkpoint file.
 
     Args:
@@ -66,6 +67,8 @@ def load_file(path: str | os.PathLike, *, allow_pickle: bool = False, map_locati
         allow_pickle: opt in to full unpickling (executes arbitrary code from the file). Only for
             files you trust that hold types outside the allowlist.
         map_location: passed to ``torch.load``.
+        extra_safe_globals: types allowed in addition to :data:`SAFE_GLOBALS` (e.g. the few
+            DeepSpeed classes its optimizer-state files hold).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -88,7 +91,7 @@ def load_file(path: str | os.PathLike, *, allow_pickle: bool = False, map_locati
         except Exception as e:
             raise CheckpointFormatError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_safe_globals]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointFormatError(

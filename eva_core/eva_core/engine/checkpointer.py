@@ -12,11 +12,13 @@ In DeepSpeed mode each checkpoint also has a folder ``model_{iter:07d}.deepspeed
 engine's own ``save_checkpoint`` (every rank writes its ZeRO optimizer shard, fp32 master weights
 and loss scaler there). All ranks write it into a ``.model_{iter:07d}.deepspeed.tmp`` folder that
 rank 0 renames once complete, before the ``.pth`` file and ``last_checkpoint`` are written; it is
-removed together with its ``.pth`` file (``max_to_keep``). DeepSpeed reads that folder with its
-own loader, which unpickles: resume only from output folders you trust.
+removed together with its ``.pth`` file (``max_to_keep``). DeepSpeed reads that folder through our
+:func:`~eva_core.checkpoint.io.load_file` (weights_only + allowlist plus DeepSpeed's own plain data
+classes), so resuming runs no pickled code unless ``allow_pickle`` is set.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -250,8 +252,9 @@ class Checkpointer:
                 "train.deepspeed can only start a DeepSpeed run through train.init_checkpoint")
         # restores module weights, the (partitioned) optimizer state, fp32 master weights, the loss
         # scaler and DeepSpeed's step counters; the lr schedule is ours (the "scheduler" entry)
-        load_path, _ = self.deepspeed_engine.load_checkpoint(
-            str(folder), tag=_DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        with _safe_deepspeed_reads(self.deepspeed_engine, self.allow_pickle):
+            load_path, _ = self.deepspeed_engine.load_checkpoint(
+                str(folder), tag=_DEEPSPEED_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load its state from {folder}")
 
@@ -263,3 +266,30 @@ class Checkpointer:
             logger.warning(f"{path}: RNG states saved by {len(rng_states)} ranks, running on {world}; "
                            "random streams will differ from an uninterrupted run")
         set_rng_state(rng_states[rank % len(rng_states)])
+
+
+@contextlib.contextmanager
+def _safe_deepspeed_reads(engine: Any, allow_pickle: bool):
+    """Route every file DeepSpeed reads while resuming through :func:`load_file`.
+
+    DeepSpeed's own checkpoint engine unpickles with ``weights_only=False``; ours reads with
+    ``weights_only=True`` and the allowlist unless the user opted in with ``allow_pickle``.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    # the only non-tensor types DeepSpeed's ZeRO optimizer-state files hold (plain data classes)
+    deepspeed_types = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    ckpt_engine = engine.checkpoint_engine
+    original = ckpt_engine.load
+
+    def safe_load(path: str, map_location: Any = None) -> Any:
+        return load_file(path, allow_pickle=allow_pickle, map_location=map_location or "cpu",
+                         extra_safe_globals=deepspeed_types)
+
+    ckpt_engine.load = safe_load
+    try:
+        yield
+    finally:
+        ckpt_engine.load = original
