@@ -82,6 +82,8 @@ def test_in1k_recipe_builds_at_560_with_label_smoothing_on_meta():
     model, opt = _build_on_meta(cfg)
     assert isinstance(model.criterion, LabelSmoothingCrossEntropy) and model.criterion.smoothing == 0.3
     assert model.net.pos_embed.shape == (1, 1 + 40 * 40, 1408)
+    assert model.net.grad_checkpointing and not LazyConfig.load(CONFIGS / "in1k_ft_336.py").model.net.get(
+        "grad_checkpointing", False)
     lrs = {g["layer_id"]: g["lr_scale"] for g in opt.param_groups}
     assert lrs[1] == pytest.approx(0.95 ** 40) and lrs[41] == 1.0
 

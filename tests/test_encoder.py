@@ -178,6 +178,22 @@ def test_grad_checkpointing_gives_the_same_loss_and_grads():
             torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7, msg=n)
 
 
+def test_grad_checkpointing_is_a_constructor_switch_used_in_training_only(monkeypatch):
+    import eva_core.models.eva as eva_module
+
+    calls = []
+    real = eva_module.checkpoint
+    monkeypatch.setattr(eva_module, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
+    m = eva_core.create_model("eva_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=3,
+                              num_heads=2, grad_checkpointing=True)
+    assert m.grad_checkpointing
+    m.train()(torch.randn(1, 3, 32, 32)).sum().backward()
+    assert len(calls) == 3  # one per block
+    with torch.no_grad():
+        m.eval()(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 3
+
+
 # ----------------------------------------------------------------------------- attention backends
 @pytest.mark.parametrize("variant", ["plain", "beit_rel_pos", "decomposed_rel_pos", "bool_mask", "float_mask"])
 def test_sdpa_and_math_attention_agree(variant):

@@ -381,6 +381,8 @@ class Eva(nn.Module):
         attn_impl: ``"auto" | "sdpa" | "xformers" | "math"`` (``auto`` honours ``EVA_ATTN_IMPL``).
         pos_embed_interpolation: mode used to resize the position grid at run time.
         pos_embed_antialias: antialias when shrinking the grid (timm's default: True).
+        grad_checkpointing: activation checkpointing of every block in training (config switch;
+            same as ``set_grad_checkpointing()``).
     """
 
     def __init__(
@@ -423,6 +425,7 @@ class Eva(nn.Module):
         attn_impl: str = "auto",
         pos_embed_interpolation: str = "bicubic",
         pos_embed_antialias: bool = True,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
@@ -440,7 +443,7 @@ class Eva(nn.Module):
         self.init_std = init_std
         self.pos_embed_interpolation = pos_embed_interpolation
         self.pos_embed_antialias = pos_embed_antialias
-        self.grad_checkpointing = False
+        self.grad_checkpointing = bool(grad_checkpointing)  # a config switch; also set_grad_checkpointing()
         norm_cls = LayerNormFp32 if norm_fp32 else LayerNorm
         norm_layer = partial(norm_cls, eps=norm_eps)
 
