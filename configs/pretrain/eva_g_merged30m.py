@@ -90,7 +90,7 @@ lr_multiplier = L(cosine_with_warmup)(
 train.output_dir = "./output/eva_g_mim_merged30m"
 train.max_iter = max_iter
 train.clip_grad = 3.0
-# fp16 with dynamic loss scaling (init 2^16, growth window 500): the engine's GradScaler defaults
+# fp16 with dynamic loss scaling: init 2^16, window 500, hysteresis 2, min scale 1 (train.amp.loss_scale)
 train.amp.enabled = True
 train.amp.dtype = "float16"
 train.zero_stage = 1
