@@ -303,23 +303,24 @@ class Trainer:
 
     def _unscale_clip_and_norm(self) -> float:
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.unwrapped_model.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for p in self.unwrapped_model.parameters() if p.grad is not None]
+        if not params:
             return 0.0
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-        if self.clip_grad is not None and math.isfinite(norm.item()):
-            torch.nn.utils.clip_grads_with_norm_(
-                [p for p in self.unwrapped_model.parameters() if p.grad is not None], self.clip_grad, norm)
-        return float(norm.item())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+        norm_value = norm.item()  # the one host sync of the step's gradient bookkeeping
+        if self.clip_grad is not None and math.isfinite(norm_value):
+            torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad, norm)
+        return norm_value
 
     def _record_step(self, loss_dicts: list[dict], totals: list[torch.Tensor], data_time: float,
                      grad_norm: float | None) -> None:
         names = [k for k, v in loss_dicts[0].items()
                  if isinstance(v, torch.Tensor) and v.numel() == 1]
-        values = torch.stack([torch.stack([d[k].detach().float().reshape(()) for k in names]).cpu()
-                              for d in loss_dicts]).mean(0) if names else torch.zeros(0)
-        values = torch.cat([values, torch.stack(totals).float().mean().cpu().reshape(1)])
-        values = comm.reduce_mean(values.to(self.device)).cpu()
+        # stay on the device until after the cross-rank mean: one device -> host copy per step
+        values = torch.stack([torch.stack([d[k].detach().float().reshape(()) for k in names])
+                              for d in loss_dicts]).mean(0) if names else torch.zeros(0, device=self.device)
+        values = torch.cat([values.to(self.device), torch.stack(totals).float().mean().reshape(1).to(self.device)])
+        values = comm.reduce_mean(values).cpu()
         for k, v in zip(names + ["total_loss"], values.tolist()):
             self.storage.put_scalar(k, v)
         self.storage.put_scalar("data_time", data_time)
