@@ -1,4 +1,4 @@
-"""The EVA fine-tuning recipes carry REFERENCE.md section 3's numbers and build what they say."""
+"""The EVA fine-tuning recipes carry the numbers of docs/recipes/classification.md and build what they say."""
 import math
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Shared pieces of the EVA image-classification fine-tuning recipes (REFERENCE.md section 3).
+"""Shared pieces of the EVA image-classification fine-tuning recipes (docs/recipes/classification.md).
 
 Not a recipe by itself: ``in21k_ft_224.py``, ``in1k_ft_336.py``, ``in1k_ft_560.py`` and
 ``toy_ft.py`` import it and set the numbers of their stage.

@@ -1,4 +1,4 @@
-"""EVA-g fine-tuning on ImageNet-1K at 336 (REFERENCE.md section 3) -> 89.6 top-1.
+"""EVA-g fine-tuning on ImageNet-1K at 336 (docs/recipes/classification.md#in-1k-fine-tuning) -> 89.6 top-1.
 
 From the IN-21K intermediate model (``eva_21k_224px_psz14.pt``; its 16x16 position grid is
 resampled to 24x24 on load, its 21841-class head is replaced): batch 512, lr 3e-5, layer decay

@@ -1,4 +1,4 @@
-"""EVA-g fine-tuning on ImageNet-1K at 560 (REFERENCE.md section 3) -> 89.7 top-1.
+"""EVA-g fine-tuning on ImageNet-1K at 560 (docs/recipes/classification.md#in-1k-fine-tuning) -> 89.7 top-1.
 
 The 336 recipe (``in1k_ft_336.py``) at 560 px for 15 epochs (2 warmup), with activation
 checkpointing: the IN-21K model's 16x16 position grid is resampled to 40x40 on load. Every other

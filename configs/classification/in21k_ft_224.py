@@ -1,4 +1,5 @@
-"""EVA-g intermediate fine-tuning on ImageNet-21K at 224 (REFERENCE.md section 3, paper Table 14).
+"""EVA-g intermediate fine-tuning on ImageNet-21K at 224 (paper Table 12;
+docs/recipes/classification.md#in-21k-intermediate-fine-tuning).
 
 From the MIM model (``eva_psz14.pt``) to ``eva_21k_224px_psz14.pt``: batch 4096, lr 1e-4,
 layer decay 0.85, 60 epochs (15 warmup), drop path 0.4, RandAug (9, 0.5), label smoothing 0.1,

@@ -1,4 +1,4 @@
-"""EVA-g MIM pre-training on merged-30M (paper Table 11; REFERENCE.md section 2).
+"""EVA-g MIM pre-training on merged-30M (paper Table 3; docs/recipes/pretrain.md).
 
 Student: EVA-g/14 (1408 wide, 40 blocks) with mask token, final LayerNorm and lm_head 1408->768
 (1,012,229,632 parameters). Teacher: OpenAI CLIP-L/14 at 224, frozen, fp16; target = its 256

@@ -1,6 +1,6 @@
 """EVA masked image modeling: regress a frozen CLIP teacher's patch features from masked images.
 
-The whole method, step by step (paper section 2.2; REFERENCE.md section 2)::
+The whole method, step by step (paper section 2.2; docs/recipes/pretrain.md)::
 
     tokens  = forward_encoder(image, mask)        # masked patches -> mask_token, ViT, final LayerNorm
     pred    = forward_head(tokens, mask)          # lm_head on the masked positions only
