@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from eva_core.config import (
     ConfigFileError,
+    ConfigValueError,
     L,
     LazyCall,
     LazyConfig,
@@ -148,7 +149,8 @@ def test_save_warns_about_unserializable_values_instead_of_crashing(tmp_path):
     def local_fn(x):
         return x
 
-    cfg = DictConfig({"optimizer": L(torch.optim.SGD)(params=None, lr=0.1)}, flags={"allow_objects": True})
+    # dict takes **kwargs: the extra keys below are legal arguments, so the file loads again
+    cfg = DictConfig({"optimizer": L(dict)(params=None, lr=0.1)}, flags={"allow_objects": True})
     cfg.optimizer.params = torch.nn.Linear(2, 2)
     cfg.optimizer.fn = lambda x: x
     cfg.optimizer.local = functools.partial(local_fn, 1)
@@ -212,12 +214,12 @@ def test_locate_imports_dotted_names_and_names_what_is_missing():
         locate("torch..nn")
 
 
-def test_overrides_parse_python_literals_and_fall_back_to_strings(tmp_path):
+def test_overrides_parse_hydra_values_and_keep_text_as_strings(tmp_path):
     cfg = LazyConfig.load(_make_config_tree(tmp_path))
     LazyConfig.apply_overrides(cfg, [
         "train.max_iter=250", "optimizer.lr=3e-4", "train.amp.enabled=True",
         "train.output_dir=/tmp/run 1", "train.seed=None", "learning_rates=[1, 2.5]",
-        "train.amp.dtype=float16", "train.log_period=false", "+train.new_key=(1, 2)",
+        "train.amp.dtype=float16", "+new_key=[1, 2]",
     ])
     assert cfg.train.max_iter == 250 and isinstance(cfg.train.max_iter, int)
     assert cfg.optimizer.lr == pytest.approx(3e-4)
@@ -226,8 +228,11 @@ def test_overrides_parse_python_literals_and_fall_back_to_strings(tmp_path):
     assert cfg.train.seed is None
     assert list(cfg.learning_rates) == [1, 2.5]
     assert cfg.train.amp.dtype == "float16"
-    assert cfg.train.log_period is False
-    assert list(cfg.train.new_key) == [1, 2]
+    assert list(cfg.new_key) == [1, 2]
+    # typed overrides: an integer key no longer takes a boolean (it used to store False)
+    with pytest.raises(ConfigValueError, match="train.log_period"):
+        LazyConfig.apply_overrides(cfg, ["train.log_period=false"])
+    assert cfg.train.log_period == 20
 
 
 def test_unknown_override_key_names_key_and_closest_existing_keys(tmp_path):

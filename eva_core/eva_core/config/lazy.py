@@ -11,7 +11,6 @@ Nothing is built until :func:`eva_core.config.instantiate` is called on a node.
 """
 from __future__ import annotations
 
-import ast
 import builtins
 import difflib
 import functools
@@ -25,36 +24,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .checks import check_config, target_of
+from .errors import ConfigFileError, ConfigValueError, UnknownConfigKeyError
 from .instantiate import dotted_name
+from .train_schema import SECTION, KwargsOf, train_key_type
+from .value_types import annotated_type, coerce_value, describe_type, type_of_value
 
-__all__ = ["LazyCall", "LazyConfig", "UnknownConfigKeyError", "ConfigFileError"]
+__all__ = ["LazyCall", "LazyConfig", "UnknownConfigKeyError", "ConfigFileError", "ConfigValueError"]
 
 _FLAGS = {"allow_objects": True}
 _CONFIG_PACKAGE = "eva_core._lazy_config"  # marks modules created from config files
 _MISSING = object()
-
-
-class UnknownConfigKeyError(KeyError):
-    """An override names a key that the config does not have.
-
-    Attributes:
-        key: the dotted key from the override.
-        suggestions: the closest existing dotted keys (may be empty).
-    """
-
-    def __init__(self, key: str, suggestions: Sequence[str], override: str | None = None):
-        self.key, self.suggestions, self.override = key, list(suggestions), override
-        super().__init__(key)
-
-    def __str__(self) -> str:
-        where = f" (in override {self.override!r})" if self.override else ""
-        hint = (f" Closest existing keys: {', '.join(self.suggestions)}." if self.suggestions
-                else " No similar key exists; prefix the override with '+' to add a new key.")
-        return f"Unknown config key {self.key!r}{where}.{hint}"
-
-
-class ConfigFileError(ValueError):
-    """A config file or override could not be read; the message names it and the reason."""
 
 
 class LazyCall:
@@ -94,6 +74,9 @@ class LazyConfig:
 
         Raises:
             ConfigFileError: missing file, unknown suffix, or a requested key is absent.
+            UnknownConfigKeyError: a key that is not an argument of its node's ``_target_``, or a
+                ``train.*`` key the engine does not read (see :func:`~eva_core.config.check_config`).
+            ConfigValueError: a ``train.*`` value of the wrong type (``max_iter: 2.5``).
         """
         path = Path(path)
         if not path.is_file():
@@ -105,6 +88,7 @@ class LazyConfig:
             cfg._set_flag("allow_objects", True)
         else:
             raise ConfigFileError(f"{path}: config files must end in .py, .yaml or .yml")
+        check_config(cfg, source=str(path))
         if keys is None:
             return cfg
         names = [keys] if isinstance(keys, str) else list(keys)
@@ -142,20 +126,33 @@ class LazyConfig:
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-        """Apply ``key=value`` overrides in place and return ``cfg``.
+        """Apply ``key=value`` overrides in place and return ``cfg`` (detectron2's syntax).
 
-        Values are parsed as Python literals (ints, floats, lists, ``None``, ``True``...) when
-        possible and kept as strings otherwise. ``+key=value`` adds a key that does not exist.
+        Values are read with hydra's override grammar (``3``, ``1e-4``, ``true``, ``null``,
+        ``[1, 2]``, ``{enabled: true, decay: 0.5}``, ``'quoted text'``; ``None`` is accepted
+        for ``null``) and checked against the type the key takes: the declared type of a
+        ``train.*`` key (:mod:`eva_core.config.train_schema`), else the annotation of the
+        ``_target_`` argument when it is a plain ``int``/``float``/``bool``/``str``, else the
+        type of the value it replaces (see :func:`~eva_core.config.value_types.coerce_value`:
+        ``no``/``off`` are False, ``2.5`` is not an integer). A key whose value is None or
+        missing (``???``) takes any value. A mapping is merged key by key into the mapping it
+        replaces (each key checked), unless it has a ``_target_``: then it replaces the node.
+        A list replaces the list. ``+key=value`` adds a key that does not exist. The whole
+        config is checked again afterwards (:func:`~eva_core.config.check_config`).
 
         Raises:
             UnknownConfigKeyError: a key is not in the config (message lists the closest keys).
-            ConfigFileError: an override is not of the form ``key=value``.
+            ConfigValueError: a value does not have the type its key takes (names key, value
+                and the expected type).
+            ConfigFileError: an override is not of the form ``key=value``, cannot be parsed, or
+                uses a hydra feature that has no meaning here (``~key`` deletion, sweeps).
         """
+        overrides = list(overrides)
         for override in overrides:
-            key, value, add = _parse_override(override)
-            if not add and not has_key(cfg, key):
-                raise UnknownConfigKeyError(key, closest_keys(cfg, key), override)
-            OmegaConf.update(cfg, key, value, merge=True, force_add=add)
+            key, value, add, raw = _parse_override(override)
+            _apply_override(cfg, key, value, add=add, raw=raw, override=override)
+        if overrides:
+            check_config(cfg, source="the config after command-line overrides")
         return cfg
 
     @staticmethod
@@ -208,25 +205,83 @@ def _flat_keys(node: Any, prefix: str = "") -> Iterable[str]:
         yield from _flat_keys(child, full + ".")
 
 
-def _parse_override(override: str) -> tuple[str, Any, bool]:
+@functools.lru_cache(maxsize=1)
+def _overrides_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _parse_override(override: str) -> tuple[str, Any, bool, str]:
+    """``(key, value, add, raw value text)`` of one override, parsed by hydra's grammar."""
+    from hydra.errors import HydraException
+
     key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key.lstrip("+"):
+    if not sep or not key.strip().lstrip("+~"):
         raise ConfigFileError(f"override {override!r} is not of the form key=value")
-    add = key.startswith("+")
-    return key.lstrip("+"), _parse_value(text.strip()), add
-
-
-def _parse_value(text: str) -> Any:
-    """A Python literal when ``text`` is one (``3``, ``1e-4``, ``[1, 2]``, ``None``), else the
-    string itself. ``true``/``false``/``null`` (yaml spellings) are accepted too."""
-    lowered = {"true": True, "false": False, "null": None, "none": None}
-    if text.lower() in lowered:
-        return lowered[text.lower()]
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
+        (parsed,) = _overrides_parser().parse_overrides([override])
+    except HydraException as e:
+        raise ConfigFileError(f"cannot parse override {override!r}: {e}. Values use hydra's "
+                              f"syntax: 3, 1e-4, true, null, [1, 2], {{a: 1}}, 'quoted text'") from None
+    if parsed.is_delete():
+        raise ConfigFileError(f"override {override!r}: deleting keys (~key) is not supported")
+    if parsed.is_sweep_override():
+        raise ConfigFileError(f"override {override!r}: a comma-separated value is a hydra sweep, "
+                              f"which a single run cannot apply; write a list as [a, b] or quote "
+                              f"text that contains commas")
+    value, raw = parsed.value(), text.strip()
+    if isinstance(value, str) and raw in ("None", "none"):
+        value = None  # Python's spelling of null
+    return parsed.key_or_group, value, parsed.is_add() or parsed.is_force_add(), raw
+
+
+def _apply_override(cfg: DictConfig, key: str, value: Any, *, add: bool, raw: str | None,
+                    override: str) -> None:
+    if add:
+        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        return
+    if not has_key(cfg, key):
+        raise UnknownConfigKeyError(key, closest_keys(cfg, key), override)
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    current = parent._get_node(int(leaf) if isinstance(parent, ListConfig) else leaf)
+    if isinstance(value, dict) and isinstance(current, DictConfig) and not current._is_none() \
+            and "_target_" not in value:
+        for sub_key, sub_value in value.items():  # merge: each key is checked like key.sub=value
+            _apply_override(cfg, f"{key}.{sub_key}", sub_value, add=False, raw=None, override=override)
+        return
+    expected, hint = _expected_type(cfg, key, parent, leaf, current)
+    value = coerce_value(value, expected, key, f"override {override!r}", raw=raw, hint=hint)
+    if isinstance(value, dict) and "_target_" in value:
+        OmegaConf.update(cfg, key, value, merge=False)  # a new _target_ replaces the whole node
+    else:
+        OmegaConf.update(cfg, key, value, merge=True)
+
+
+def _expected_type(cfg: DictConfig, key: str, parent: Any, leaf: str, current: Any) -> tuple[Any, str]:
+    """The type an override of ``key`` must have, and a hint for the error message."""
+    if key.startswith("train.") and "train" in cfg.keys():
+        kind = train_key_type(key[len("train."):])
+        if kind is SECTION or isinstance(kind, KwargsOf):
+            return dict, ""
+        if kind is not None:
+            return kind, ""
+    if current._is_missing() or current._is_none() or current._is_interpolation():
+        return Any, ""
+    if isinstance(parent, DictConfig):
+        target = target_of(parent)
+        annotation = annotated_type(target, leaf) if target is not None else None
+        if annotation is not None:
+            return annotation, (f"{dotted_name(target) or target} annotates its argument {leaf!r} "
+                                f"as {describe_type(annotation)}")
+    value = current if isinstance(current, (DictConfig, ListConfig)) else current._value()
+    expected = type_of_value(value)
+    hint = ""
+    if expected is int:
+        hint = (f"the config holds the integer {value!r} here; if this key takes fractional "
+                f"values, write it as {float(value)!r} in the config file")
+    return expected, hint
 
 
 def _to_container(cfg: Any) -> Any:
