@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,7 @@ import eva_core
 from eva_core.checkpoint import CheckpointFormatError, save_atomic
 from eva_core.checkpoint.layouts import detect_layout
 from eva_core.checkpoint.loader import CheckpointMismatchError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import convert_checkpoint  # noqa: E402
+from tools import convert_checkpoint
 
 SMALL = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)
 

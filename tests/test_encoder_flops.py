@@ -1,15 +1,10 @@
 """Parameter and FLOP counting (tools/count_flops.py): EVA-g on meta, analytic count == fvcore."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 import eva_core
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import count_flops  # noqa: E402
+from tools import count_flops
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)
 
