@@ -25,7 +25,8 @@ def test_every_registered_model_builds_on_meta_and_runs_tiny(name):
     with torch.device("meta"):
         big = eva_core.create_model(name)
     assert big.num_features == big.embed_dim and big.patch_embed.proj.weight.is_meta
-    assert {"pos_embed", "cls_token"} & big.no_weight_decay() or big.cls_token is None
+    present = {n for n in ("pos_embed", "cls_token", "mask_token") if getattr(big, n) is not None}
+    assert "pos_embed" in present and present <= big.no_weight_decay()
     assert big.get_layer_id("patch_embed.proj.weight") == 0
     assert big.get_layer_id(f"blocks.{big.num_layers - 1}.mlp.fc1.weight") == big.num_layers
     assert big.get_layer_id("head.weight") == big.num_layers + 1
@@ -37,7 +38,12 @@ def test_every_registered_model_builds_on_meta_and_runs_tiny(name):
     feats = m.forward_features(x)
     assert feats.shape == (2, m.num_prefix_tokens + 64, 48)
     out = m(x)
-    assert out.shape == ((2, m.num_classes) if m.num_classes else feats.shape if m.global_pool == "" else (2, 48))
+    if m.num_classes:
+        assert out.shape == (2, m.num_classes)
+    elif m.global_pool == "":
+        assert out.shape == feats.shape  # no pooling: the tokens themselves
+    else:
+        assert out.shape == (2, 48)
     maps = m.forward_intermediates(x, indices=1, intermediates_only=True)
     assert maps[0].shape == (2, 48, 8, 8)
 
@@ -62,7 +68,7 @@ def test_eva_giant_on_meta_has_the_reference_parameter_counts():
         cls = eva_core.create_model("eva_giant_patch14_224")
         ref = timm.create_model("eva_giant_patch14_224", pretrained=False)
     n_mim = sum(p.numel() for p in mim.parameters())
-    # the MIM pre-training model adds lm_head 1408 -> 768 to the encoder (REFERENCE section 1)
+    # the MIM pre-training model adds lm_head 1408 -> 768 to the encoder (docs/recipes/encoder.md#parameter-counts)
     assert n_mim + 1408 * 768 + 768 == 1_012_229_632
     assert mim.blocks[0].attn.qkv.weight.shape == (4224, 1408) and mim.blocks[0].mlp.fc1.out_features == 6144
     assert sum(p.numel() for p in cls.parameters()) == sum(p.numel() for p in ref.parameters())
@@ -230,16 +236,35 @@ def test_attention_backend_selection_and_override(monkeypatch):
     monkeypatch.setenv(ATTN_IMPL_ENV, "flash3")
     with pytest.raises(ValueError, match="EVA_ATTN_IMPL='flash3'"):
         resolve_attn_impl("auto", cpu)
+    with pytest.raises(ValueError, match="EVA_ATTN_IMPL='flash3'"):
+        tiny()  # the env var is read when the model is built
     with pytest.raises(RuntimeError, match="xformers"):
         resolve_attn_impl("xformers", cpu)
     with pytest.raises(ValueError, match="attn_impl"):
         tiny(attn_impl="flash")
-    m = tiny(depth=1)
-    x = torch.randn(1, 3, 32, 32)
     monkeypatch.delenv(ATTN_IMPL_ENV)
+    m = tiny(depth=1)
+    assert m.blocks[0].attn.attn_impl == "auto" and m.blocks[0].attn.attn_backend == "sdpa"
+    x = torch.randn(1, 3, 32, 32)
     ref = m.forward_features(x)
     m.set_attn_impl("math")
+    assert m.blocks[0].attn.attn_backend == "math"
     torch.testing.assert_close(m.forward_features(x), ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(ATTN_IMPL_ENV, "math")
+    assert tiny(depth=1).blocks[0].attn.attn_backend == "math"
+
+
+def test_attention_kernel_is_chosen_at_construction_not_per_forward(monkeypatch):
+    import eva_core.models.eva as eva_module
+
+    m = tiny(depth=2, use_rel_pos=True)
+    calls = []
+    real = eva_module.resolve_attn_impl
+    monkeypatch.setattr(eva_module, "resolve_attn_impl", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    m.forward_features(torch.randn(2, 3, 32, 32))
+    assert calls == []  # no selection work in the forward pass
+    m.set_attn_impl("math")
+    assert len(calls) == 2  # one resolution per attention module when the choice changes
 
 
 # ----------------------------------------------------------------------------- relative positions, windows

@@ -1,30 +1,48 @@
-"""Checkpoint key layouts of EVA encoders and the model-free conversions between them.
+"""Checkpoint key layouts as a registry: each layout is a ``detect`` / ``convert`` pair of pure functions.
 
-Layouts recognised (REFERENCE.md section 1 and 4):
+A layout maps the keys of an unwrapped state dict to ours (``docs/recipes/encoder.md#checkpoint-key-layouts``):
 
-* ``eva``: ours, timm's ``Eva`` and the official EVA-01 classification files (``fc_norm``/``head``);
-* ``eva_mim``: EVA-01 MIM pre-training (``mask_token``, ``lm_head.*``, final ``norm``);
-* ``eva_clip``: EVA-CLIP vision tower under ``visual.`` (``attn.inner_attn_ln``, ``mlp.ffn_ln``);
-* ``open_clip``: open_clip's timm trunk under ``visual.trunk.``;
-* ``detectron2``: ViTDet backbones under ``backbone.net.``.
+* ``detect(state_dict) -> bool | float``: does this file look like the layout (a number is a score);
+* ``convert(state_dict, ctx) -> state_dict``: the same tensors under our names (no resampling: the
+  loader fits shapes to the model afterwards). ``ctx`` is a :class:`LayoutContext` with the target
+  model's tensor shapes (when there is a model) and a ``notes`` list for the load report.
 
-Any of them may be wrapped in ``model_ema`` / ``model`` / ``module`` / ``state_dict`` (DeepSpeed
+eva_core registers its own layouts through the same API a project uses::
+
+    from eva_core.checkpoint import register_layout
+
+    @register_layout("my_video", detect=lambda sd: "net.tubelet.weight" in sd, priority=50)
+    def convert_my_video(sd, ctx):
+        ...
+
+Built-in layouts: ``eva`` (ours, timm's ``Eva``, EVA-01 fine-tuned files), ``eva_mim`` (EVA-01 MIM
+pre-training), ``eva_clip`` (EVA-CLIP vision tower under ``visual.``), ``open_clip`` (timm trunk under
+``visual.trunk.``), ``detectron2`` (ViTDet backbone under ``backbone.net.``). Any of them may be
+wrapped in ``model_ema`` / ``model`` / ``module`` / ``state_dict`` (:func:`unwrap_state_dict`; DeepSpeed
 files use ``module`` and store fp16 tensors).
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 
-from ..models.pos_embed import resample_patch_embed, resample_pos_embed_grid
+from ..layers.patch_embed import resample_patch_embed
+from ..layers.pos_embed import resample_pos_embed_grid, split_pos_embed_grid
 
 __all__ = [
     "WRAPPER_KEYS",
     "LAYOUT_PREFIXES",
+    "Layout",
+    "LayoutContext",
+    "register_layout",
+    "unregister_layout",
+    "get_layout",
+    "list_layouts",
     "unwrap_state_dict",
     "detect_layout",
+    "rename_to_eva_keys",
     "to_eva_layout",
     "split_pos_embed_grid",
     "resample_state_dict",
@@ -34,7 +52,7 @@ __all__ = [
 #: wrapper keys in the order they are tried (EMA weights first, as timm does)
 WRAPPER_KEYS = ("model_ema", "model", "module", "state_dict")
 
-#: key prefix of each foreign layout
+#: key prefix of each built-in foreign layout
 LAYOUT_PREFIXES = {"open_clip": "visual.trunk.", "eva_clip": "visual.", "detectron2": "backbone.net."}
 
 # EVA-CLIP / EVA-02 names -> ours (timm uses the same mapping in its checkpoint filter)
@@ -44,8 +62,110 @@ _RENAMES = (("attn.inner_attn_ln.", "attn.norm."), ("mlp.ffn_ln.", "mlp.norm."))
 _DROP_SUFFIXES = ("relative_position_index", "attn.k_bias")
 
 
+@dataclass
+class LayoutContext:
+    """What a layout's ``convert`` may read besides the state dict.
+
+    Attributes:
+        model_shapes: ``{key: shape}`` of the target encoder in our layout, or ``None`` when
+            converting without a model (``tools/convert_checkpoint.py``).
+        notes: conversions worth reporting; ``convert`` appends to it.
+    """
+
+    model_shapes: Mapping[str, tuple[int, ...]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A registered layout (see the module docstring)."""
+
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool | float]
+    convert: Callable[[dict[str, torch.Tensor], LayoutContext], dict[str, torch.Tensor]]
+    priority: int = 0
+    description: str = ""
+
+
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(
+    name: str,
+    detect: Callable[[Mapping[str, torch.Tensor]], bool | float] | None = None,
+    convert: Callable[[dict[str, torch.Tensor], LayoutContext], dict[str, torch.Tensor]] | None = None,
+    *,
+    priority: int = 0,
+    description: str = "",
+    replace: bool = False,
+):
+    """Register a checkpoint layout; usable directly or as a decorator of ``convert``.
+
+    Args:
+        name: layout name, shown in load reports and accepted by ``load_checkpoint(layout=name)``.
+        detect: ``detect(state_dict) -> bool | float``; truthy when the layout applies.
+        convert: ``convert(state_dict, ctx) -> state_dict`` in our key names. Omit it to use the
+            call as a decorator of the convert function.
+        priority: among layouts that detect a file, the highest priority wins (then the highest
+            score); built-ins use 0 (``eva``, the fallback) to 30 (prefixed foreign layouts).
+        description: one line for :func:`list_layouts` readers.
+        replace: allow re-registering an existing name (a project overriding a built-in).
+
+    Returns:
+        The :class:`Layout` (direct call) or the decorator (which returns ``convert`` unchanged).
+
+    Raises:
+        ValueError: the name is taken and ``replace`` is False, or ``detect`` is missing.
+    """
+    if detect is None or not callable(detect):
+        raise ValueError(f"register_layout({name!r}): detect must be a function state_dict -> bool | score")
+
+    def add(fn: Callable) -> Layout:
+        if name in _LAYOUTS and not replace:
+            what = _LAYOUTS[name].description or "no description"
+            raise ValueError(f"checkpoint layout {name!r} is already registered ({what}); "
+                             "pass replace=True to override it")
+        layout = Layout(name=name, detect=detect, convert=fn, priority=priority, description=description)
+        _LAYOUTS[name] = layout
+        return layout
+
+    if convert is not None:
+        return add(convert)
+
+    def decorator(fn: Callable) -> Callable:
+        add(fn)
+        return fn
+
+    return decorator
+
+
+def unregister_layout(name: str) -> None:
+    """Remove a registered layout (tests and projects that register temporarily)."""
+    get_layout(name)
+    del _LAYOUTS[name]
+
+
+def get_layout(name: str) -> Layout:
+    """The registered layout called ``name``.
+
+    Raises:
+        ValueError: no such layout; the message lists the registered ones.
+    """
+    if name not in _LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {name!r}; registered: {list_layouts()}")
+    return _LAYOUTS[name]
+
+
+def list_layouts() -> list[str]:
+    """Registered layout names, in detection order (highest priority first)."""
+    return [lay.name for lay in sorted(_LAYOUTS.values(), key=lambda lay: -lay.priority)]
+
+
 def unwrap_state_dict(obj: Any, *, use_ema: bool = True, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Return the flat ``{name: tensor}`` dict inside a checkpoint object.
+
+    The one place that knows checkpoint wrappers (:data:`WRAPPER_KEYS`: ``model_ema``, ``model``,
+    ``module``, ``state_dict``, nested up to 4 deep).
 
     Args:
         obj: what ``load_file`` returned.
@@ -73,34 +193,38 @@ def unwrap_state_dict(obj: Any, *, use_ema: bool = True, source: str = "checkpoi
     return tensors
 
 
+def _score(layout: Layout, sd: Mapping[str, torch.Tensor]) -> float:
+    try:
+        return float(layout.detect(sd))
+    except Exception as e:  # a project's detect must not hide which layout broke
+        raise RuntimeError(f"checkpoint layout {layout.name!r}: detect() raised {type(e).__name__}: {e}") from e
+
+
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
-    """Name of the layout of an unwrapped state dict (see the module docstring)."""
-    for name in ("open_clip", "detectron2", "eva_clip"):
-        p = LAYOUT_PREFIXES[name]
-        if any(k.startswith(p + "blocks.") or k == p + "pos_embed" or k.startswith(p + "patch_embed.")
-               for k in sd):
-            return name
-    if "mask_token" in sd or any(k.startswith("lm_head.") for k in sd):
-        return "eva_mim"
-    return "eva"
+    """Name of the registered layout of an unwrapped state dict (highest priority, then score).
 
-
-def to_eva_layout(
-    sd: Mapping[str, torch.Tensor], prefix: str | None = None
-) -> tuple[dict[str, torch.Tensor], str, list[str]]:
-    """Map a state dict to our key names (no shape changes).
-
-    Args:
-        sd: unwrapped state dict.
-        prefix: key prefix to strip; ``None`` detects it from the layout, ``""`` strips nothing.
-
-    Returns:
-        ``(state_dict, layout, notes)``; keys outside the prefix are left out (noted).
+    Raises:
+        ValueError: no registered layout detects the keys (only possible when ``eva`` was removed).
     """
-    layout = detect_layout(sd)
-    if prefix is None:
-        prefix = LAYOUT_PREFIXES.get(layout, "")
-    notes: list[str] = []
+    best: tuple[int, float, str] | None = None
+    for layout in _LAYOUTS.values():
+        score = _score(layout, sd)
+        if score > 0 and (best is None or (layout.priority, score) > best[:2]):
+            best = (layout.priority, score, layout.name)
+    if best is None:
+        raise ValueError(f"no registered checkpoint layout matches keys like {sorted(sd)[:5]}; "
+                         f"registered: {list_layouts()}")
+    return best[2]
+
+
+def rename_to_eva_keys(sd: Mapping[str, torch.Tensor], prefix: str, ctx: LayoutContext) -> dict[str, torch.Tensor]:
+    """Strip ``prefix`` and apply the renames every EVA layout shares (a building block for layouts).
+
+    EVA-CLIP's ``inner_attn_ln`` / ``ffn_ln`` become ``attn.norm`` / ``mlp.norm``; recomputed buffers
+    (``relative_position_index``, ``k_bias``) are dropped; a full ``qkv.bias`` is split into
+    ``q_bias`` / ``v_bias`` (EVA's k bias is fixed at zero). Keys outside ``prefix`` are left out and
+    counted in ``ctx.notes``.
+    """
     out: dict[str, torch.Tensor] = {}
     outside = 0
     for k, v in sd.items():
@@ -114,32 +238,83 @@ def to_eva_layout(
         for old, new in _RENAMES:
             k = k.replace(old, new)
         if k.endswith("attn.qkv.bias"):
-            # layouts with a full qkv bias: EVA keeps q and v, the k bias is fixed at zero
             q, kb, vb = v.chunk(3)
             if kb.abs().max() > 0:
-                notes.append(f"{k}: non-zero k bias dropped (EVA attention has no k bias)")
+                ctx.notes.append(f"{k}: non-zero k bias dropped (EVA attention has no k bias)")
             out[k.replace("qkv.bias", "q_bias")] = q
             out[k.replace("qkv.bias", "v_bias")] = vb
             continue
         out[k] = v
     if outside:
-        notes.append(f"{outside} keys outside prefix {prefix!r} ignored")
-    return out, layout, notes
+        ctx.notes.append(f"{outside} keys outside prefix {prefix!r} ignored")
+    return out
 
 
-def split_pos_embed_grid(pos_embed: torch.Tensor, name: str = "pos_embed") -> tuple[int, tuple[int, int]]:
-    """``(prefix_tokens, (H, W))`` of a ``[1, P + H*W, C]`` position table with a square grid.
+def _has_encoder_under(prefix: str) -> Callable[[Mapping[str, torch.Tensor]], bool]:
+    def detect(sd: Mapping[str, torch.Tensor]) -> bool:
+        return any(k.startswith(prefix + "blocks.") or k == prefix + "pos_embed" or k.startswith(prefix + "patch_embed.")
+                   for k in sd)
 
-    Raises:
-        ValueError: neither ``len`` nor ``len - 1`` is a square number.
+    return detect
+
+
+def _strip(prefix: str) -> Callable[[dict[str, torch.Tensor], LayoutContext], dict[str, torch.Tensor]]:
+    def convert(sd: dict[str, torch.Tensor], ctx: LayoutContext) -> dict[str, torch.Tensor]:
+        return rename_to_eva_keys(sd, prefix, ctx)
+
+    return convert
+
+
+def _is_mim(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k == "mask_token" or k.endswith(".mask_token") or k.startswith("lm_head.") for k in sd)
+
+
+def _register_builtin_layouts() -> None:
+    register_layout("eva", detect=lambda sd: True, convert=_strip(""), priority=0,
+                    description="ours / timm Eva / EVA-01 fine-tuned classifiers (fc_norm, head)")
+    register_layout("eva_mim", detect=_is_mim, convert=_strip(""), priority=10,
+                    description="EVA-01 MIM pre-training: mask_token, lm_head.*, final norm")
+    register_layout("eva_clip", detect=_has_encoder_under("visual."), convert=_strip("visual."), priority=20,
+                    description="EVA-CLIP vision tower under visual. (inner_attn_ln, ffn_ln)")
+    for name in ("open_clip", "detectron2"):
+        register_layout(name, detect=_has_encoder_under(LAYOUT_PREFIXES[name]),
+                        convert=_strip(LAYOUT_PREFIXES[name]), priority=30,
+                        description=f"encoder under {LAYOUT_PREFIXES[name]}")
+
+
+_register_builtin_layouts()
+
+
+def to_eva_layout(
+    sd: Mapping[str, torch.Tensor],
+    prefix: str | None = None,
+    *,
+    layout: str | None = None,
+    model_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """Map a state dict to our key names (no shape changes).
+
+    Args:
+        sd: unwrapped state dict.
+        prefix: strip this prefix with the standard renames (:func:`rename_to_eva_keys`) instead of
+            the layout's own conversion; ``None`` uses the layout's conversion.
+        layout: a registered layout name; ``None`` detects it.
+        model_shapes: the target encoder's ``{key: shape}`` for the layout's context.
+
+    Returns:
+        ``(state_dict, layout_name, notes)``.
     """
-    n = pos_embed.shape[1]
-    for prefix in (0, 1):
-        side = math.isqrt(n - prefix)
-        if side * side == n - prefix and side > 0:
-            return prefix, (side, side)
-    raise ValueError(f"{name}: {n} tokens is neither a square grid nor a square grid plus a CLS slot "
-                     f"(shape {tuple(pos_embed.shape)})")
+    name = layout if layout is not None else detect_layout(sd)
+    lay = get_layout(name)
+    ctx = LayoutContext(model_shapes=model_shapes)
+    if prefix is not None:
+        out = rename_to_eva_keys(sd, prefix, ctx)
+    else:
+        out = lay.convert(dict(sd), ctx)
+        if not isinstance(out, Mapping):
+            raise TypeError(f"checkpoint layout {name!r}: convert() returned {type(out).__name__}, "
+                            "expected a state dict")
+    return dict(out), name, ctx.notes
 
 
 def resample_state_dict(
@@ -152,7 +327,8 @@ def resample_state_dict(
 
     Args:
         sd: state dict in our layout.
-        patch_size: new patch kernel side (e.g. 16 for the ``eva_psz14to16`` layout).
+        patch_size: new patch kernel side (e.g. 16 for the ``eva_psz14to16`` layout,
+            ``docs/recipes/encoder.md#patch-14-to-16-conversion``).
         grid_size: new position grid ``(H, W)`` (e.g. ``(14, 14)`` for 224 / 16).
 
     Returns:
@@ -178,6 +354,7 @@ def convert_state_dict(
     obj: Any,
     *,
     prefix: str | None = None,
+    layout: str | None = None,
     patch_size: int | None = None,
     img_size: int | None = None,
     use_ema: bool = True,
@@ -189,7 +366,7 @@ def convert_state_dict(
     or the checkpoint's kernel size. Pre-training-only keys (``mask_token``, ``lm_head``) are kept.
     """
     sd = unwrap_state_dict(obj, use_ema=use_ema)
-    sd, layout, notes = to_eva_layout(sd, prefix)
+    sd, name, notes = to_eva_layout(sd, prefix, layout=layout)
     grid = None
     if img_size is not None:
         w = sd.get("patch_embed.proj.weight")
@@ -202,4 +379,4 @@ def convert_state_dict(
     notes += resample_state_dict(sd, patch_size=patch_size, grid_size=grid)
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    return sd, layout, notes
+    return sd, name, notes

@@ -1,56 +1,75 @@
-"""``load_checkpoint``: weights of any EVA layout into any EVA model.
+"""``load_checkpoint``: weights of any registered layout into any EVA model.
 
 Reads through :func:`eva_core.checkpoint.io.load_file` (no pickled code runs unless
-``allow_pickle=True``), maps the layout to our names (:mod:`.layouts`), then adapts tensors to the
-target model: patch kernel and position grid resampling, CLS slot added/dropped, ``norm`` ->
-``fc_norm`` for mean-pooling models, relative-position tables resized or copied from a shared
-table, fp16 -> the model's dtype.
+``allow_pickle=True``), unwraps it (:func:`.layouts.unwrap_state_dict`), maps the layout to our names
+(the registry in :mod:`.layouts`), finds the encoder's weights under any wrapper prefix (our own
+training checkpoints store ``net.*``, ``encoder.*`` ...), then adapts tensors to the target model:
+patch kernel and position grid resampling, CLS slot added/dropped, ``norm`` -> ``fc_norm`` for
+mean-pooling models, relative-position tables resized or copied from a shared table, fp16 -> the
+model's dtype. The shape helpers come from :mod:`eva_core.layers`; this package never imports
+:mod:`eva_core.models`.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
-from ..models.pos_embed import resample_patch_embed, resample_pos_embed_grid, resample_rel_pos, resize_bias_table
+from ..layers.patch_embed import resample_patch_embed
+from ..layers.pos_embed import resample_pos_embed_grid, split_pos_embed_grid
+from ..layers.rel_pos import resample_rel_pos
+from ..layers.rel_pos_bias import resize_bias_table
 from .io import load_file
-from .layouts import split_pos_embed_grid, to_eva_layout, unwrap_state_dict
+from .layouts import to_eva_layout, unwrap_state_dict
 
-__all__ = ["load_checkpoint", "LoadReport", "CheckpointMismatchError", "adapt_state_dict", "find_encoder"]
+__all__ = ["load_checkpoint", "LoadReport", "CheckpointMismatchError", "adapt_state_dict", "find_encoder",
+           "find_source_prefix"]
 
 # keys that only the pre-training model has; loading a MIM file into a classifier drops them quietly
 _PRETRAIN_ONLY = ("mask_token", "lm_head.")
 
 
 class CheckpointMismatchError(ValueError):
-    """``strict=True`` and the checkpoint does not match the model; the message names the keys."""
+    """The checkpoint does not fit the model as required (``strict=True`` or ``min_loaded``).
+
+    The message names the file and the first missing / unexpected / mismatched keys.
+    """
+
+
+def _preview(items: list, n: int = 10) -> str:
+    return f"{items[:n]}{' ...' if len(items) > n else ''}"
 
 
 @dataclass
 class LoadReport:
-    """What ``load_checkpoint`` did.
+    """What ``load_checkpoint`` did; ``str(report)`` is one log line.
 
     Attributes:
         source: file path or ``"<state_dict>"``.
-        layout: detected layout name (``eva``, ``eva_mim``, ``eva_clip``, ``open_clip``, ``detectron2``).
+        layout: the registered layout used (detected or named).
+        total: number of tensors in the model's ``state_dict()``.
         loaded: model keys that received a tensor.
         missing: model keys the checkpoint did not provide.
         unexpected: checkpoint keys the model has no place for.
         mismatched: ``(key, checkpoint_shape, model_shape)`` that could not be adapted (not loaded).
         dropped: pre-training-only keys left out because the model lacks them.
+        prefix: wrapper prefix the encoder weights were found under in the file (``""``: none).
         notes: conversions applied (renames, resampling, casts).
     """
 
     source: str
     layout: str
+    total: int = 0
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    prefix: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,14 +77,21 @@ class LoadReport:
         """True when every model key was loaded and nothing was left over or mismatched."""
         return not (self.missing or self.unexpected or self.mismatched)
 
+    @property
+    def loaded_fraction(self) -> float:
+        """Share of the model's tensors that received a checkpoint tensor."""
+        return len(self.loaded) / self.total if self.total else 0.0
+
     def __str__(self) -> str:
-        lines = [f"{self.source} (layout {self.layout}): loaded {len(self.loaded)} tensors"]
+        parts = [f"{self.source}: layout {self.layout}"
+                 + (f" (encoder under {self.prefix!r})" if self.prefix else ""),
+                 f"loaded {len(self.loaded)}/{self.total} tensors"]
         for name in ("missing", "unexpected", "mismatched", "dropped"):
             items = getattr(self, name)
-            if items:
-                lines.append(f"  {name} ({len(items)}): {items[:10]}{' ...' if len(items) > 10 else ''}")
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+            parts.append(f"{name} ({len(items)})" + (f": {_preview(items)}" if items else ""))
+        if self.notes:
+            parts.append("notes: " + "; ".join(self.notes))
+        return ", ".join(parts)
 
 
 def _model_grid(model: nn.Module) -> tuple[int, int] | None:
@@ -179,12 +205,14 @@ def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
     *,
+    layout: str | None = None,
     strict: bool = False,
+    min_loaded: float | str | None = None,
     allow_pickle: bool = False,
     prefix: str | None = None,
     use_ema: bool = True,
 ) -> LoadReport:
-    """Load EVA weights of any supported layout into ``model``.
+    """Load EVA weights of any registered layout into ``model``.
 
     Args:
         model: an EVA encoder, or a task model that contains one (classifier, MIM model, detector):
@@ -192,35 +220,61 @@ def load_checkpoint(
             itself (e.g. ``lm_head``) load where the wrapper has them.
         path_or_state_dict: a ``.safetensors`` / ``.pt`` / ``.pth`` file or an in-memory checkpoint,
             possibly wrapped in ``model_ema`` / ``model`` / ``module`` / ``state_dict``.
+        layout: a registered layout name (``eva_core.checkpoint.list_layouts()``); ``None`` detects it.
         strict: raise :class:`CheckpointMismatchError` if anything is missing, unexpected or mismatched.
+        min_loaded: refuse partial loads: a float is the least share of the model's tensors that must
+            load (``1.0``: all of them); ``"encoder"`` requires every tensor of the encoder except its
+            classifier ``head``. ``None`` (default) accepts any overlap.
         allow_pickle: allow full unpickling of a trusted file (see ``checkpoint.io.load_file``).
-        prefix: key prefix to strip (``None``: detected from the layout, ``""``: none).
+        prefix: strip this key prefix with the standard renames instead of the layout's conversion
+            (``None``: the layout decides).
         use_ema: prefer ``model_ema`` weights when the file holds both.
 
     Returns:
         A :class:`LoadReport`.
+
+    Raises:
+        CheckpointMismatchError: ``strict`` or ``min_loaded`` is not met (nothing is loaded then).
+        ValueError: unknown layout name or a ``min_loaded`` outside [0, 1] / ``"encoder"``.
     """
+    if min_loaded is not None and min_loaded != "encoder" and not (
+            isinstance(min_loaded, (int, float)) and 0.0 <= float(min_loaded) <= 1.0):
+        raise ValueError(f"min_loaded={min_loaded!r}: expected a share in [0, 1], 'encoder' or None")
     if isinstance(path_or_state_dict, Mapping):
         source, obj = "<state_dict>", path_or_state_dict
     else:
         source = os.fspath(path_or_state_dict)
         obj = load_file(source, allow_pickle=allow_pickle)
-    sd = unwrap_state_dict(obj, use_ema=use_ema, source=source)
-    sd, layout, notes = to_eva_layout(sd, prefix)
     enc_prefix, encoder = find_encoder(model)
+    target_enc = encoder.state_dict()
+    sd = unwrap_state_dict(obj, use_ema=use_ema, source=source)
+    sd, layout_name, notes = to_eva_layout(sd, prefix, layout=layout,
+                                           model_shapes={k: tuple(v.shape) for k, v in target_enc.items()})
     wrapper_keys = model.state_dict().keys()
-    enc_keys = encoder.state_dict().keys()
+    enc_keys = target_enc.keys()
+    src_prefix = find_source_prefix(sd, enc_keys, enc_prefix)
+    if src_prefix and src_prefix != enc_prefix:
+        notes.append(f"encoder weights read from under {src_prefix!r}")
 
-    # split: encoder tensors (file keys with or without the wrapper's prefix) vs wrapper-level ones
-    # (e.g. an MIM model's own lm_head); encoder tensors go through the layout adaptation
+    # split: encoder tensors (file keys under the source prefix) vs wrapper-level ones (e.g. an MIM
+    # model's own lm_head); encoder tensors go through the layout adaptation
     enc_sd: dict[str, torch.Tensor] = {}
     outer: dict[str, torch.Tensor] = {}
+    outside = 0
     for k, v in sd.items():
-        local = k[len(enc_prefix):] if enc_prefix and k.startswith(enc_prefix) else k
+        if src_prefix and not k.startswith(src_prefix):
+            if k in wrapper_keys:
+                outer[k] = v
+            else:
+                outside += 1  # other parts of a bigger model's checkpoint (a detector's heads ...)
+            continue
+        local = k[len(src_prefix):]
         if enc_prefix and local not in enc_keys and k in wrapper_keys:
             outer[k] = v
         else:
             enc_sd[local] = v
+    if outside:
+        notes.append(f"{outside} keys outside {src_prefix!r} ignored")
     src_dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()})
     enc_sd, dropped, mismatched = adapt_state_dict(enc_sd, encoder, notes)
 
@@ -241,7 +295,8 @@ def load_checkpoint(
     if src_dtypes != dst_dtypes:
         notes.append(f"cast {'/'.join(src_dtypes)} -> {'/'.join(dst_dtypes)} (the model's dtype)")
 
-    report = LoadReport(source=source, layout=layout, dropped=sorted(dropped), mismatched=mismatched, notes=notes)
+    report = LoadReport(source=source, layout=layout_name, total=len(target), dropped=sorted(dropped),
+                        mismatched=mismatched, prefix=src_prefix, notes=notes)
     report.unexpected = sorted(k for k in full if k not in target)
     report.loaded = sorted(k for k in full if k in target)
     mismatched_keys = {m[0] for m in mismatched}
@@ -254,22 +309,72 @@ def load_checkpoint(
     report.missing = sorted(k for k in expected if k not in full and k not in mismatched_keys)
     if strict and not report.ok:
         raise CheckpointMismatchError(
-            f"{source}: checkpoint does not match {type(model).__name__} (strict=True)\n{report}")
+            f"{source}: checkpoint does not match {type(model).__name__} (strict=True): {report}")
+    _check_min_loaded(report, min_loaded, model, encoder, enc_keys, wrapper_name)
     model.load_state_dict({k: full[k] for k in report.loaded}, strict=False)
     return report
+
+
+def _check_min_loaded(report: LoadReport, min_loaded: float | str | None, model: nn.Module, encoder: nn.Module,
+                      enc_keys, wrapper_name) -> None:
+    """Raise :class:`CheckpointMismatchError` when fewer tensors loaded than ``min_loaded`` asks."""
+    if min_loaded is None:
+        return
+    loaded = set(report.loaded)
+    if min_loaded == "encoder":
+        # a fresh task head is the one encoder part a checkpoint is allowed to lack
+        need = sorted(wrapper_name(k) for k in enc_keys if not k.startswith("head."))
+        absent = [k for k in need if k not in loaded]
+        if absent:
+            raise CheckpointMismatchError(
+                f"{report.source}: {len(absent)} of {len(need)} encoder tensors of {type(model).__name__} not "
+                f"loaded (min_loaded='encoder'), first missing: {_preview(absent, 5)}; {report}")
+        return
+    if report.loaded_fraction < float(min_loaded):
+        absent = sorted(k for k in model.state_dict() if k not in loaded)
+        raise CheckpointMismatchError(
+            f"{report.source}: loaded {len(report.loaded)}/{report.total} tensors of {type(model).__name__} "
+            f"({report.loaded_fraction:.1%} < min_loaded {float(min_loaded):.1%}), first missing: "
+            f"{_preview(absent, 5)}; {report}")
 
 
 def find_encoder(model: nn.Module) -> tuple[str, nn.Module]:
     """``(prefix, module)`` of the EVA encoder inside ``model`` (``("", model)`` for an encoder itself).
 
     Task models wrap the encoder (``ImageClassifier.net``, ``EvaMIM.encoder``, a detector's
-    ``backbone.net``); checkpoints of the bare encoder load into them through this.
+    ``backbone.net``); checkpoints of the bare encoder load into them through this. The encoder is
+    the outermost module with ``patch_embed`` and ``blocks`` (duck-typed, so this package does not
+    import the model package, and timm ViTs count too).
     """
-    from ..models.eva import Eva
-
-    if isinstance(model, Eva) or not any(isinstance(m, Eva) for m in model.modules()):
-        return "", model
     for name, m in model.named_modules():
-        if isinstance(m, Eva):
-            return name + ".", m
-    return "", model  # unreachable: the any() above found one
+        if isinstance(getattr(m, "patch_embed", None), nn.Module) and isinstance(getattr(m, "blocks", None),
+                                                                                  nn.Module):
+            return (name + "." if name else ""), m
+    return "", model
+
+
+def find_source_prefix(sd: Mapping[str, torch.Tensor], enc_keys, enc_prefix: str = "") -> str:
+    """The key prefix under which ``sd`` holds the encoder's weights (``""``, ``"net."``, ``"backbone.net."``...).
+
+    Each checkpoint key votes for every prefix whose removal leaves an encoder key; the prefix with
+    most votes wins (ties: the model's own encoder prefix, then none, then the first seen). This is
+    how our training checkpoints of wrapper models load into a bare encoder and the other way round.
+    """
+    enc_keys = set(enc_keys)
+    votes: Counter[str] = Counter()
+    for k in sd:
+        if k in enc_keys:
+            votes[""] += 1
+        i = k.find(".")
+        while i != -1:
+            if k[i + 1:] in enc_keys:
+                votes[k[:i + 1]] += 1
+            i = k.find(".", i + 1)
+    if not votes:
+        return ""
+    best = max(votes.values())
+    tops = [p for p, n in votes.items() if n == best]
+    for preferred in (enc_prefix, ""):
+        if preferred in tops:
+            return preferred
+    return tops[0]

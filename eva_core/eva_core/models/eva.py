@@ -18,7 +18,6 @@ state dicts load without renaming.
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -28,85 +27,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, LayerNorm, LayerNormFp32, Mlp, PatchEmbed, trunc_normal_
 
-from .pos_embed import (
-    decomposed_rel_pos_bias,
-    rel_pos_bias_from_table,
-    rel_pos_table_size,
-    resample_pos_embed_grid,
-)
+from ..layers.attention import ATTN_IMPL_ENV, ATTN_IMPLS, as_additive_mask, attention_fn, resolve_attn_impl
+from ..layers.pos_embed import resample_pos_embed_grid
+from ..layers.rel_pos import decomposed_rel_pos_bias
+from ..layers.rel_pos_bias import RelativePositionBias, rel_pos_bias_from_table, rel_pos_table_size
+from ..layers.window import window_partition, window_unpartition
 
 __all__ = ["Eva", "EvaAttention", "EvaBlock", "RelativePositionBias", "resolve_attn_impl", "ATTN_IMPLS",
            "ATTN_IMPL_ENV"]
-
-ATTN_IMPLS = ("auto", "sdpa", "xformers", "math")
-#: Environment variable that overrides ``attn_impl="auto"`` (e.g. ``EVA_ATTN_IMPL=math`` for debugging).
-ATTN_IMPL_ENV = "EVA_ATTN_IMPL"
-
-
-def _xformers_ops():
-    try:
-        import xformers.ops as xops
-    except ImportError:
-        return None
-    return xops
-
-
-def resolve_attn_impl(attn_impl: str, device: torch.device, has_bias: bool = False) -> str:
-    """Pick the attention kernel for one call.
-
-    ``"auto"`` (overridable by the ``EVA_ATTN_IMPL`` environment variable) selects xformers'
-    memory-efficient kernel when xformers is installed, the input is on CUDA and there is no
-    additive bias (xformers needs aligned bias tensors), and torch SDPA otherwise.
-
-    Raises:
-        ValueError: unknown name.
-        RuntimeError: ``"xformers"`` was forced but is not installed or the tensors are not on CUDA.
-    """
-    if attn_impl == "auto":
-        attn_impl = os.environ.get(ATTN_IMPL_ENV, "auto") or "auto"
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"{ATTN_IMPL_ENV}={attn_impl!r} is not one of {ATTN_IMPLS}")
-        if attn_impl == "auto":
-            use_xf = device.type == "cuda" and not has_bias and _xformers_ops() is not None
-            return "xformers" if use_xf else "sdpa"
-    if attn_impl not in ATTN_IMPLS:
-        raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
-    if attn_impl == "xformers":
-        if _xformers_ops() is None:
-            raise RuntimeError("attn_impl='xformers' but xformers is not installed (pip install xformers)")
-        if device.type != "cuda":
-            raise RuntimeError(f"attn_impl='xformers' needs CUDA tensors, got device {device}; use 'sdpa' or 'math'")
-    return attn_impl
-
-
-def _as_additive_mask(attn_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Boolean masks (True = attend, as in SDPA) become additive float masks so biases can be summed."""
-    if attn_mask is None or attn_mask.dtype != torch.bool:
-        return attn_mask
-    out = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device)
-    return out.masked_fill_(~attn_mask, float("-inf"))
-
-
-class RelativePositionBias(nn.Module):
-    """BEiT-style learned relative-position bias, shared by all blocks (``rel_pos_bias.*``).
-
-    Args:
-        window_size: token grid the table is learned for.
-        num_heads: attention heads.
-        class_token: the sequence starts with a CLS token (3 extra table rows).
-    """
-
-    def __init__(self, window_size: Sequence[int], num_heads: int, class_token: bool = True):
-        super().__init__()
-        self.window_size = tuple(int(w) for w in window_size)
-        self.class_token = class_token
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros(rel_pos_table_size(self.window_size, class_token), num_heads))
-
-    def forward(self, grid_size: Sequence[int]) -> torch.Tensor:
-        """Bias ``[heads, N, N]`` for a token grid (table resized when it differs from ``window_size``)."""
-        return rel_pos_bias_from_table(self.relative_position_bias_table, self.window_size, grid_size,
-                                       self.class_token)
 
 
 class EvaAttention(nn.Module):
@@ -124,7 +52,8 @@ class EvaAttention(nn.Module):
         rel_pos_input_size: grid ``(H, W)`` the decomposed tables are sized for (2S-1 rows).
         inner_norm: LayerNorm on the attention output before ``proj`` (EVA-CLIP's ``inner_attn_ln``).
         norm_layer: norm constructor for ``inner_norm``.
-        attn_impl: ``"auto" | "sdpa" | "xformers" | "math"``.
+        attn_impl: ``"auto" | "sdpa" | "xformers" | "math"``; resolved to a kernel here, once
+            (assigning ``attn_impl`` later resolves again).
     """
 
     def __init__(
@@ -145,13 +74,10 @@ class EvaAttention(nn.Module):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.num_prefix_tokens = num_prefix_tokens
-        self.attn_impl = attn_impl
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
@@ -168,13 +94,30 @@ class EvaAttention(nn.Module):
         if use_rel_pos:
             if rel_pos_input_size is None:
                 raise ValueError("use_rel_pos=True needs rel_pos_input_size=(H, W)")
-            # zero init: the ViTDet recipe starts from "no relative position" (REFERENCE section 4)
+            # zero init: the ViTDet recipe starts from "no relative position" (docs/recipes/detection.md#backbone)
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_input_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_input_size[1] - 1, self.head_dim))
         self.attn_drop = nn.Dropout(attn_drop)
         self.norm = norm_layer(dim) if inner_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.attn_impl = attn_impl  # resolves the kernel (property setter)
+
+    @property
+    def attn_impl(self) -> str:
+        """The requested kernel name (``"auto"`` included); ``attn_backend`` is what it resolved to."""
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, attn_impl: str) -> None:
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
+        # the module's own position biases are known now; a shared bias or a mask may still come at
+        # call time, which the "auto" xformers choice handles by falling back to SDPA
+        own_bias = self.relative_position_bias_table is not None or self.use_rel_pos
+        backend = resolve_attn_impl(attn_impl, has_bias=own_bias)
+        self._attn_impl, self.attn_backend = attn_impl, backend
+        self._attn_fn = attention_fn(backend, forced=attn_impl != "auto")
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, c = x.shape
@@ -224,49 +167,13 @@ class EvaAttention(nn.Module):
         q, k, v = self._qkv(x)
         bias = self._position_bias(q, grid_size, rel_pos_bias)
         if attn_mask is not None:
-            mask = _as_additive_mask(attn_mask, q.dtype)
+            mask = as_additive_mask(attn_mask, q.dtype)
             bias = mask if bias is None else bias + mask
-        impl = resolve_attn_impl(self.attn_impl, x.device, has_bias=bias is not None)
         drop = self.attn_drop.p if self.training else 0.0
-        if impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
-        elif impl == "xformers":
-            xops = _xformers_ops()
-            if bias is not None:
-                bias = bias.expand(b, self.num_heads, n, n)
-            out = xops.memory_efficient_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=drop,
-                scale=self.scale).transpose(1, 2)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            out = attn @ v
+        out = self._attn_fn(q, k, v, bias, drop, self.scale)
         out = out.transpose(1, 2).reshape(b, n, c)
         out = self.norm(out)
         return self.proj_drop(self.proj(out))
-
-
-def _window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``[B, H, W, C]`` -> ``[B*nW, window*window, C]``, zero-padding H and W to multiples of ``window``."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c), (hp, wp)
-
-
-def _window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """Inverse of ``_window_partition``: ``[B*nW, window*window, C]`` -> ``[B, H, W, C]`` (padding removed)."""
-    hp, wp = padded
-    h, w = grid
-    b = x.shape[0] // ((hp // window) * (wp // window))
-    x = x.view(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w].contiguous()
 
 
 class EvaBlock(nn.Module):
@@ -325,9 +232,9 @@ class EvaBlock(nn.Module):
             return self.attn(x, grid_size, rel_pos_bias)
         b, n, c = x.shape
         h, w = grid_size
-        windows, padded = _window_partition(x.view(b, h, w, c), self.window_size)
+        windows, padded = window_partition(x.view(b, h, w, c), self.window_size)
         windows = self.attn(windows, (self.window_size, self.window_size))
-        return _window_unpartition(windows, self.window_size, padded, (h, w)).view(b, n, c)
+        return window_unpartition(windows, self.window_size, padded, (h, w)).view(b, n, c)
 
     def forward(self, x: torch.Tensor, grid_size: Sequence[int], rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Run the block on ``x`` ``[B, N, C]`` whose spatial tokens form ``grid_size``."""
@@ -532,10 +439,16 @@ class Eva(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for timm's layer-decay helpers (stem, one group per block, final norm)."""
+        """Parameter groups for timm's layer-decay helpers (stem, one group per block, last group).
+
+        The shared ``rel_pos_bias`` table goes to the last group with the final norm, as in BEiT's
+        and EVA's own layer-decay rule (``get_layer_id``: ``L + 1``), so
+        ``timm.optim.param_groups_layer_decay`` and ``eva_core.optim.param_groups_layer_decay``
+        give it the same lr scale. timm's ``Beit.group_matcher`` puts it in the stem instead.
+        """
         return dict(
-            stem=r"^cls_token|^mask_token|^pos_embed|^patch_embed|^rel_pos_bias",
-            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+            stem=r"^cls_token|^mask_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^rel_pos_bias", (99999,))],
         )
 
     @property
@@ -547,7 +460,9 @@ class Eva(nn.Module):
         """Layer id of a parameter for layer-wise lr decay (EVA/BEiT rule).
 
         0 for ``cls_token``/``mask_token``/``pos_embed``/``patch_embed``; ``blocks.i.*`` -> i + 1;
-        everything else (final norms, head, shared relative-position bias) -> L + 1.
+        everything else (final norms, head, shared relative-position bias) -> L + 1. BEiT's
+        ``get_num_layer_for_vit``, which EVA's fine-tuning code uses, gives ``rel_pos_bias`` the
+        last layer too (``docs/recipes/classification.md#layer-wise-lr-decay``).
         """
         if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed")):
             return 0

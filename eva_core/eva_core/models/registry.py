@@ -54,25 +54,27 @@ def _check_name(name: str) -> None:
                          "(see eva_core.list_models())")
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    checkpoint_path: str | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """Build a registered model.
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Build a registered model with random weights.
+
+    Weights come from ``eva_core.create_model(name, checkpoint_path=...)`` (or
+    ``eva_core.load_checkpoint``): the model package does not import the checkpoint loader, so the
+    two stay free of an import cycle.
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: load weights; nothing is downloaded, so this needs ``checkpoint_path``.
-        checkpoint_path: a checkpoint in any layout ``eva_core.load_checkpoint`` reads
-            (loaded non-strictly; the report is stored as ``model.load_report``).
+        pretrained: must be False here (nothing is downloaded; see above).
         **overrides: constructor arguments replacing the registered ones.
 
     Raises:
-        ValueError: unknown name, unknown override, or ``pretrained=True`` without a path.
+        ValueError: unknown name, unknown override, or a request for weights.
     """
     _check_name(name)
+    if pretrained or "checkpoint_path" in overrides:
+        raise ValueError(f"create_model({name!r}): weights are loaded by eva_core.create_model(..., "
+                         "checkpoint_path=PATH) or eva_core.load_checkpoint(model, PATH), not by "
+                         "eva_core.models.create_model; nothing can be downloaded, so pretrained=True needs "
+                         "checkpoint_path (convert a released file with tools/convert_checkpoint.py)")
     builder = _MODELS[name]
     sig = inspect.signature(builder)
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -80,9 +82,6 @@ def create_model(
         if bad:
             raise ValueError(f"create_model({name!r}): unknown argument(s) {bad}; accepted: "
                              f"{sorted(sig.parameters)}")
-    if pretrained and checkpoint_path is None:
-        raise ValueError(f"create_model({name!r}, pretrained=True) needs checkpoint_path=...: weights cannot be "
-                         "downloaded; convert a released file with tools/convert_checkpoint.py")
     kwargs = {**_DEFAULTS[name], **overrides}
     model = builder(**kwargs)
     cfg = getattr(model, "pretrained_cfg", None)
@@ -92,10 +91,6 @@ def create_model(
         cfg.update(architecture=name, input_size=(kwargs.get("in_chans", 3), *img), mean=_CLIP_MEAN,
                    std=_CLIP_STD, num_classes=kwargs.get("num_classes", 1000), interpolation="bicubic",
                    crop_pct=1.0)
-    if checkpoint_path is not None:
-        from ..checkpoint.loader import load_checkpoint
-
-        model.load_report = load_checkpoint(model, checkpoint_path)
     return model
 
 
@@ -122,7 +117,7 @@ def _register_eva_family() -> None:
     # MIM pre-training encoder: mask token, final norm kept (no fc_norm), no classifier
     register_model("eva_giant_patch14_mim_224", Eva, patch_size=14, img_size=224, num_classes=0,
                    use_mask_token=True, use_fc_norm=False, global_pool="token", **giant)
-    # ViTDet backbone from eva_psz14to16 (REFERENCE section 4): window 16, global blocks 3,7,...,39,
+    # ViTDet backbone from eva_psz14to16 (docs/recipes/detection.md#backbone): window 16, global blocks 3,7,...,39,
     # decomposed rel-pos sized for the 1280/16 grid, pos_embed stored at 224/16 with a CLS slot
     register_model("eva_giant_patch16_vitdet_1280", Eva, patch_size=16, img_size=224, num_classes=0,
                    global_pool="", class_token=False, pos_embed_cls_slot=True, use_rel_pos=True,
