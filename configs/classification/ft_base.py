@@ -35,7 +35,8 @@ from timm.loss import LabelSmoothingCrossEntropy
 from eva_core import create_model
 from eva_core.classification import ImageClassifier
 from eva_core.config import LazyCall as L
-from eva_core.data import CLIP_MEAN, CLIP_STD, ImageFolderDataset, build_test_loader, build_train_loader, build_transform
+from eva_core.data import (CLIP_MEAN, CLIP_STD, ImageFolderDataset, build_test_loader, build_train_loader,
+                           build_transform)
 from eva_core.evaluation import ClassificationEvaluator
 
 from ..common.optim import AdamW
