@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eva_core.data import (ImageFolderDataset, build_test_loader, build_train_loader,
+from eva_core.data import (ImageFolderDataset, batch_num_skipped, build_test_loader, build_train_loader,
                            build_transform)
 from eva_core.utils import comm
 
@@ -163,3 +163,45 @@ def test_default_collate_gives_image_label_tensors_and_path_list(folder):
     assert batch["image"].shape == (4, 3, 16, 16) and batch["image"].dtype == torch.float32
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (4,)
     assert isinstance(batch["path"], list) and len(batch["path"]) == 4
+
+
+def _folder_with_unreadable(root, unreadable):
+    """One class of 7 readable-looking PNGs; the given indices hold bytes that are no image."""
+    write_image_folder(root, num_classes=1, per_class=7, size=8)
+    paths = sorted(str(p) for p in (root / "class_0").iterdir())
+    for i in unreadable:
+        with open(paths[i], "wb") as f:
+            f.write(b"this is not a png")
+    return paths
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_unreadable_validation_image_is_excluded_and_counted(tmp_path, num_workers):
+    paths = _folder_with_unreadable(tmp_path, unreadable=[1, 4])
+    loader = build_test_loader(ImageFolderDataset(tmp_path), 3, num_workers=num_workers)
+    seen, counted = [], 0
+    for batch in loader:
+        seen += batch["path"]
+        counted += batch_num_skipped(batch)
+        assert batch["image"].shape[0] == len(batch["path"])
+    readable = [p for i, p in enumerate(paths) if i not in (1, 4)]
+    assert seen == readable, "each readable image exactly once, no replacement"
+    assert counted == loader.num_skipped == 2
+    assert sorted(loader.skipped_paths) == [paths[1], paths[4]]
+
+
+def test_batch_of_only_unreadable_images_is_not_yielded_but_counted(tmp_path):
+    # batches of 2: [0, 1] [2, 3] [4, 5] [6]; samples 2, 3 and 6 are unreadable
+    paths = _folder_with_unreadable(tmp_path, unreadable=[2, 3, 6])
+    loader = build_test_loader(ImageFolderDataset(tmp_path), 2)
+    batches = list(loader)
+    assert [b["path"] for b in batches] == [paths[0:2], paths[4:6]]
+    assert [batch_num_skipped(b) for b in batches] == [2, 1]
+    assert list(loader) and loader.num_skipped == 3, "a second pass counts afresh"
+
+
+def test_training_loader_still_replaces_and_counts_unreadable_images(tmp_path):
+    _folder_with_unreadable(tmp_path, unreadable=[1])
+    dataset = ImageFolderDataset(tmp_path)
+    batch = next(iter(build_train_loader(dataset, 7, seed=0)))
+    assert len(batch["path"]) == 7 and dataset.num_skipped >= 1

@@ -4,9 +4,12 @@ Every dataset returns ``{"image": transform(PIL RGB image), "label": int, "path"
 (webdataset samples may carry ``"text"`` instead of / besides ``"label"``). With the default
 ``transform=None`` the image becomes a float tensor in [0, 1], so the default collate works.
 
-An image that cannot be decoded is skipped: the next readable sample (index + 1, + 2, ... modulo
-the length) replaces it, so the batch keeps its size and the replacement is deterministic. Each
-skip increments ``dataset.num_skipped`` (counted in the process that read it: with data-loader
+An image that cannot be decoded is skipped. For training, the next readable sample (index + 1,
++ 2, ... modulo the length) replaces it, so the batch keeps its size and the replacement is
+deterministic. For evaluation a replacement would count another image twice, so inside
+:func:`exclude_unreadable` (which ``build_test_loader`` uses) the read raises
+:class:`UnreadableSampleError` instead and the loader drops the sample and counts it. Each skip
+increments ``dataset.num_skipped`` (counted in the process that read it: with data-loader
 workers, each worker counts its own skips and logs a warning) and logs a warning naming the file.
 With ``strict=True`` an unreadable image raises :class:`CorruptImageError` naming the file.
 """
@@ -16,6 +19,8 @@ import glob
 import logging
 import os
 import tarfile
+import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 from PIL import Image
@@ -23,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import to_tensor
 
-__all__ = ["CorruptImageError", "ListFileError", "ImageSampleDataset", "PathLabelDataset", "ImageFolderDataset",
+__all__ = ["CorruptImageError", "UnreadableSampleError", "exclude_unreadable", "ListFileError", "ImageSampleDataset", "PathLabelDataset", "ImageFolderDataset",
            "FileListDataset", "WebDatasetImages", "read_file_list", "expand_urls"]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,42 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 class CorruptImageError(RuntimeError):
     """An image could not be decoded and the dataset is strict; the message names the file."""
+
+
+class UnreadableSampleError(CorruptImageError):
+    """Raised inside :func:`exclude_unreadable` instead of replacing an unreadable sample.
+
+    Attributes:
+        path: the file (or shard member) that could not be decoded.
+        index: the dataset index of the sample.
+    """
+
+    def __init__(self, path: str, index: int, reason: str):
+        self.path, self.index = path, index
+        super().__init__(f"cannot decode image {path} (sample {index}): {reason}")
+
+
+_exclusion = threading.local()
+
+
+@contextmanager
+def exclude_unreadable():
+    """Within this block an unreadable image raises :class:`UnreadableSampleError` instead of
+    being replaced by the next readable sample (evaluation must not count an image twice).
+
+    The switch is per thread and process, so it reaches a dataset through any wrapper
+    (``MaskedImageDataset(ImageFolderDataset(...))``) without changing the dataset object.
+    """
+    depth = getattr(_exclusion, "depth", 0)
+    _exclusion.depth = depth + 1
+    try:
+        yield
+    finally:
+        _exclusion.depth = depth
+
+
+def _excluding_unreadable() -> bool:
+    return getattr(_exclusion, "depth", 0) > 0
 
 
 class ListFileError(ValueError):
@@ -77,6 +118,10 @@ class ImageSampleDataset(Dataset):
                     raise CorruptImageError(
                         f"cannot decode image {self.sample_path(j)}: {type(e).__name__}: {e}") from e
                 self.num_skipped += 1
+                if _excluding_unreadable():
+                    logger.warning("excluding unreadable image %s (%s: %s)", self.sample_path(j),
+                                   type(e).__name__, e)
+                    raise UnreadableSampleError(self.sample_path(j), j, f"{type(e).__name__}: {e}") from e
                 logger.warning("skipping unreadable image %s (%s: %s); %d skipped so far",
                                self.sample_path(j), type(e).__name__, e, self.num_skipped)
         raise CorruptImageError(f"no readable image in {type(self).__name__} of {n} samples")

@@ -5,19 +5,32 @@ Resuming is exact because (1) which sample a stream position reads depends only 
 sample is drawn after seeding ``torch``, ``random`` and ``numpy`` from (seed, position), in the
 process that reads it. Worker count, worker scheduling and prefetching therefore cannot change a
 batch, and a loader restored from ``state_dict()`` yields the batches an uninterrupted run would.
+
+The test loader never replaces an unreadable sample (that would count another image twice): it
+drops it and counts it. Dict batches carry the count in ``batch["num_skipped"]`` so that an
+evaluator can report it (:func:`batch_num_skipped`); the loader keeps the total and the paths.
 """
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from eva_core.data.datasets import UnreadableSampleError, exclude_unreadable
 from eva_core.data.samplers import InferenceSampler, ResumableTrainSampler, sample_seed
 
-__all__ = ["TrainLoader", "build_train_loader", "build_test_loader", "SeededSampleDataset"]
+__all__ = ["TrainLoader", "TestLoader", "build_train_loader", "build_test_loader", "SeededSampleDataset",
+           "NUM_SKIPPED_KEY", "batch_num_skipped"]
+
+logger = logging.getLogger(__name__)
+
+NUM_SKIPPED_KEY = "num_skipped"
 
 
 class SeededSampleDataset(Dataset):
@@ -151,8 +164,11 @@ def build_train_loader(dataset: Dataset, total_batch_size: int, *, num_workers: 
 
 
 def build_test_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 0,
-                      collate_fn: Callable | None = None) -> DataLoader:
+                      collate_fn: Callable | None = None) -> "TestLoader":
     """Finite, ordered loader over this rank's contiguous shard of ``dataset``.
+
+    An unreadable sample is dropped (never replaced by another one) and counted: see
+    :class:`TestLoader`.
 
     Args:
         dataset: map-style dataset.
@@ -160,7 +176,115 @@ def build_test_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 0
         num_workers: DataLoader worker processes.
         collate_fn: batch collation (torch's default collate if None).
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return DataLoader(dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset)),
-                      num_workers=num_workers, collate_fn=collate_fn, drop_last=False)
+    return TestLoader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation: unreadable samples are dropped and counted, never replaced
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """Stands in for a sample that could not be read (picklable: crosses worker processes)."""
+
+    path: str
+    reason: str
+
+
+class _ExcludingDataset(Dataset):
+    """Reads ``dataset[i]`` inside :func:`exclude_unreadable`; an unreadable sample becomes
+    an :class:`_Unreadable` marker instead of another sample."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with exclude_unreadable():
+            try:
+                return self.dataset[index]
+            except UnreadableSampleError as e:
+                return _Unreadable(e.path, str(e))
+
+
+class _CollateReadable:
+    """Collates the readable samples of a batch; returns ``(batch or None, skipped paths)``."""
+
+    def __init__(self, collate_fn: Callable | None):
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+
+    def __call__(self, samples: list[Any]) -> tuple[Any, list[str]]:
+        readable = [s for s in samples if not isinstance(s, _Unreadable)]
+        skipped = [s.path for s in samples if isinstance(s, _Unreadable)]
+        return (self.collate_fn(readable) if readable else None), skipped
+
+
+class TestLoader:
+    """Finite loader over this rank's shard that drops unreadable samples and counts them.
+
+    Each dict batch carries ``batch["num_skipped"]``: the samples dropped since the previous
+    batch (a batch in which every sample was unreadable is not yielded; its count goes to a
+    neighbouring batch, so the per-batch counts add up to the rank's total).
+
+    Attributes:
+        dataset: the dataset (as given).
+        batch_size: per-rank batch size.
+        num_skipped: unreadable samples dropped by the current / last pass on this rank.
+        skipped_paths: their files.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, num_workers: int = 0,
+                 collate_fn: Callable | None = None):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_skipped = 0
+        self.skipped_paths: list[str] = []
+        self._loader = DataLoader(_ExcludingDataset(dataset), batch_size=self.batch_size,
+                                  sampler=InferenceSampler(len(dataset)), num_workers=num_workers,
+                                  collate_fn=_CollateReadable(collate_fn), drop_last=False)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.num_skipped, self.skipped_paths = 0, []
+        held, carry = None, 0
+        # one batch is held back so that the count of a following all-unreadable batch can
+        # still be added to it before the evaluator sees it
+        for batch, skipped in self._loader:
+            self.num_skipped += len(skipped)
+            self.skipped_paths.extend(skipped)
+            if batch is None:
+                if isinstance(held, dict):
+                    held[NUM_SKIPPED_KEY] += len(skipped)
+                else:
+                    carry += len(skipped)
+                continue
+            if held is not None:
+                yield held
+            if isinstance(batch, dict):
+                batch[NUM_SKIPPED_KEY] = carry + len(skipped)
+                carry = 0
+            held = batch
+        if held is not None:
+            yield held
+        if self.num_skipped:
+            logger.warning("test loader: %d unreadable sample(s) excluded from evaluation: %s",
+                           self.num_skipped, ", ".join(self.skipped_paths[:10]) +
+                           (" ..." if len(self.skipped_paths) > 10 else ""))
+
+
+def batch_num_skipped(batch: Any) -> int:
+    """Unreadable samples the test loader dropped before ``batch`` (0 for other batches).
+
+    An evaluator sums this over its batches (and ranks) and reports it as ``num_skipped``, so
+    the metric says how many samples it did not see."""
+    if isinstance(batch, Mapping):
+        return int(batch.get(NUM_SKIPPED_KEY, 0))
+    return 0
