@@ -91,3 +91,28 @@ def test_lvis_numpy_shim_restores_np_float():
 
     ensure_lvis_numpy_compat()
     assert np.float is float
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_box_annotation_is_refused_naming_entry(toy_jsons, tmp_path, bad):
+    coco = copy.deepcopy(toy_jsons[0])
+    coco["annotations"][3]["bbox"][1] = bad
+    ann_id = coco["annotations"][3]["id"]
+    path = write(tmp_path, coco)  # json.dumps writes NaN / Infinity, which json.load reads back
+    with pytest.raises(AnnotationFormatError) as err:
+        load_coco_json(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: annotations[3] (id {ann_id}): bbox must have finite coordinates")
+    assert repr(bad) in message
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["annotations"][0].update(area=float("nan")), r"annotations\[0\].*area must be a finite"),
+    (lambda d: d["annotations"][1].update(segmentation=[[0, 0, 4, float("inf"), 4, 4]]),
+     r"annotations\[1\].*segmentation must be a list of polygons .*finite numbers"),
+])
+def test_non_finite_area_and_polygon_are_refused_naming_entry(toy_jsons, tmp_path, mutate, message):
+    coco = copy.deepcopy(toy_jsons[0])
+    mutate(coco)
+    with pytest.raises(AnnotationFormatError, match=message):
+        load_coco_json(write(tmp_path, coco))

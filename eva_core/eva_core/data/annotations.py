@@ -6,6 +6,7 @@ A malformed file fails before training starts, with the file and the offending e
 from __future__ import annotations
 
 import json
+import math
 import os
 from numbers import Real
 from typing import Any
@@ -37,6 +38,11 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    # json.load reads NaN / Infinity tokens as floats; a non-finite coordinate or area is an error
+    return _is_number(value) and math.isfinite(value)
 
 
 class _Checker:
@@ -100,7 +106,7 @@ def _unique_ids(c: _Checker, key: str, entries: list) -> set[int]:
 
 def _is_polygon_list(seg: Any) -> bool:
     return (isinstance(seg, list) and len(seg) > 0 and all(
-        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_number(v) for v in p)
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite_number(v) for v in p)
         for p in seg))
 
 
@@ -144,16 +150,18 @@ def _check_annotation(c: _Checker, where: str, ann: dict, image_ids: set[int],
     bbox = c.require(where, ann, "bbox", lambda v: isinstance(v, list), "a list [x, y, w, h]")
     if len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         c.fail(where, f"bbox must have 4 numbers, got {bbox!r}")
+    if not all(_is_finite_number(v) for v in bbox):
+        c.fail(where, f"bbox must have finite coordinates (no NaN / Infinity), got {bbox!r}")
     if bbox[2] < 0 or bbox[3] < 0:
         c.fail(where, f"bbox width and height must be >= 0, got {bbox!r}")
-    c.require(where, ann, "area", lambda v: _is_number(v) and v >= 0, "a non-negative number")
+    c.require(where, ann, "area", lambda v: _is_finite_number(v) and v >= 0, "a finite non-negative number")
     iscrowd = 0
     if not lvis:
         iscrowd = c.require(where, ann, "iscrowd", lambda v: v in (0, 1), "0 or 1")
     if "segmentation" in ann or lvis:
         c.require(where, ann, "segmentation",
                   lambda v: _is_polygon_list(v) or (iscrowd == 1 and _is_rle(v)),
-                  "a list of polygons (each an even list of >= 6 numbers)"
+                  "a list of polygons (each an even list of >= 6 finite numbers)"
                   + ("" if lvis else " or, when iscrowd is 1, an RLE {counts, size}"))
 
 
