@@ -205,3 +205,15 @@ def test_training_loader_still_replaces_and_counts_unreadable_images(tmp_path):
     dataset = ImageFolderDataset(tmp_path)
     batch = next(iter(build_train_loader(dataset, 7, seed=0)))
     assert len(batch["path"]) == 7 and dataset.num_skipped >= 1
+
+
+def test_evaluation_results_report_the_excluded_samples(tmp_path):
+    from eva_core.evaluation import ClassificationEvaluator
+
+    _folder_with_unreadable(tmp_path, unreadable=[0, 5])
+    evaluator = ClassificationEvaluator(topk=(1,))
+    for batch in build_test_loader(ImageFolderDataset(tmp_path), 2):
+        logits = torch.nn.functional.one_hot(batch["label"], 2).float()  # always right
+        evaluator.process(batch, logits)
+    assert evaluator.evaluate() == {"top1": 100.0, "num_samples": 5, "num_skipped": 2}
+    assert batch_num_skipped({"image": torch.zeros(1)}) is None, "hand-made batches carry no count"

@@ -280,11 +280,12 @@ class TestLoader:
                            (" ..." if len(self.skipped_paths) > 10 else ""))
 
 
-def batch_num_skipped(batch: Any) -> int:
-    """Unreadable samples the test loader dropped before ``batch`` (0 for other batches).
+def batch_num_skipped(batch: Any) -> int | None:
+    """Unreadable samples the test loader dropped before ``batch``; None when the batch carries
+    no count (it did not come from :func:`build_test_loader`).
 
     An evaluator sums this over its batches (and ranks) and reports it as ``num_skipped``, so
     the metric says how many samples it did not see."""
-    if isinstance(batch, Mapping):
-        return int(batch.get(NUM_SKIPPED_KEY, 0))
-    return 0
+    if isinstance(batch, Mapping) and NUM_SKIPPED_KEY in batch:
+        return int(batch[NUM_SKIPPED_KEY])
+    return None

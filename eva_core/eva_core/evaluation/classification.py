@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..data.loader import batch_num_skipped
 from ..utils import comm
 from .evaluator import DatasetEvaluator
 
@@ -39,7 +40,8 @@ class ClassificationEvaluator(DatasetEvaluator):
             loader that pads its last shard) is counted once.
         prefix: prepended to every metric name (e.g. ``"imagenet_a/"``).
 
-    Results: ``{prefix + "top1": .., prefix + "top5": .., prefix + "num_samples": n}``.
+    Results: ``{prefix + "top1": .., prefix + "top5": .., prefix + "num_samples": n,
+    prefix + "num_skipped": unreadable samples the test loader excluded (when it counts them)}``.
     """
 
     def __init__(self, topk: Sequence[int] = (1, 5), class_subset: Iterable[int] | None = None,
@@ -65,6 +67,7 @@ class ClassificationEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._ranks: list[np.ndarray] = []
+        self._num_skipped: int | None = None  # stays None unless the loader counts skips
         self._indices: list[np.ndarray] | None = []
 
     # ------------------------------------------------------------------ per batch
@@ -103,6 +106,9 @@ class ClassificationEvaluator(DatasetEvaluator):
         return out
 
     def process(self, batch: Mapping, outputs: Any) -> None:
+        skipped = batch_num_skipped(batch)
+        if skipped is not None:
+            self._num_skipped = (self._num_skipped or 0) + skipped
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs
         if not torch.is_tensor(logits) or logits.dim() != 2:
             raise ValueError("ClassificationEvaluator: outputs must be logits [B, C], got "
@@ -139,6 +145,7 @@ class ClassificationEvaluator(DatasetEvaluator):
     def evaluate(self) -> dict[str, float]:
         ranks_all = comm.all_gather_object(self._ranks)
         indices_all = comm.all_gather_object(self._indices)
+        skipped_all = [c for c in comm.all_gather_object(self._num_skipped) if c is not None]
         if not comm.is_main_process():
             return {}
         ranks = np.concatenate([r for part in ranks_all for r in part]) if any(ranks_all) else np.zeros(0, int)
@@ -155,4 +162,6 @@ class ClassificationEvaluator(DatasetEvaluator):
             return {}
         results = {f"{self.prefix}top{k}": float((ranks < k).mean() * 100.0) for k in self.topk}
         results[f"{self.prefix}num_samples"] = n
+        if skipped_all:
+            results[f"{self.prefix}num_skipped"] = int(sum(skipped_all))
         return results
