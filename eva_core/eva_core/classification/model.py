@@ -22,7 +22,8 @@ def _detach_output(module: nn.Module, args: Any, output: Any) -> Any:
 def freeze_patch_embedding(net: nn.Module) -> torch.utils.hooks.RemovableHandle:
     """Stop the gradient right after the patch embedding of ``net`` (EVA fine-tuning).
 
-    EVA fine-tunes with the patch embedding frozen (docs/recipes/classification.md#frozen-patch-embedding). Its parameters get
+    EVA fine-tunes with the patch embedding frozen
+    (``docs/recipes/classification.md#frozen-patch-embedding``). Its parameters get
     ``requires_grad=False`` (so optimizers and weight decay leave them alone) and the embedding's
     output is detached, so no backward pass runs through the patch convolution at all.
 
