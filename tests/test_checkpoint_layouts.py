@@ -9,6 +9,7 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 import eva_core
 from eva_core.checkpoint import CheckpointFormatError, save_atomic
+from eva_core.checkpoint import layouts
 from eva_core.checkpoint.layouts import detect_layout
 from eva_core.checkpoint.loader import CheckpointMismatchError
 from tools import convert_checkpoint
@@ -21,7 +22,7 @@ def model(**kw):
 
 
 def mim_state_dict() -> dict[str, torch.Tensor]:
-    """EVA-01 MIM layout: mask_token, final norm, lm_head (REFERENCE section 1)."""
+    """EVA-01 MIM layout: mask_token, final norm, lm_head (docs/recipes/encoder.md#eva-01-mim-pre-trained)."""
     enc = model(num_classes=0, use_mask_token=True, use_fc_norm=False, global_pool="token")
     sd = {k: v.clone() for k, v in enc.state_dict().items()}
     with torch.no_grad():
@@ -248,3 +249,119 @@ def test_encoder_checkpoints_load_into_task_models_that_wrap_the_encoder():
     report = eva_core.load_checkpoint(clf, sd)
     assert report.missing == ["net.head.bias", "net.head.weight"] and report.unexpected == []
     torch.testing.assert_close(clf.net.fc_norm.weight, sd["norm.weight"])
+
+
+# ----------------------------------------------------------------------------- layout registry
+def test_builtin_layouts_are_registered_through_the_public_api_in_detection_order():
+    assert eva_core.list_layouts() == ["open_clip", "detectron2", "eva_clip", "eva_mim", "eva"]
+    assert layouts.get_layout("detectron2").priority == 30
+    with pytest.raises(ValueError, match="'eva' is already registered"):
+        eva_core.register_layout("eva", detect=lambda sd: True, convert=lambda sd, ctx: sd)
+    with pytest.raises(ValueError, match="unknown checkpoint layout 'nope'; registered: \\['open_clip'"):
+        eva_core.load_checkpoint(model(), model().state_dict(), layout="nope")
+
+
+def test_detection_takes_the_highest_priority_then_the_highest_score():
+    def keep(sd, ctx):
+        return dict(sd)
+
+    try:
+        layouts.register_layout("scored_low", detect=lambda sd: 0.2 if "x.w" in sd else 0, convert=keep, priority=40)
+        layouts.register_layout("scored_high", detect=lambda sd: 0.9 if "x.w" in sd else 0, convert=keep,
+                                priority=40)
+        assert detect_layout({"x.w": torch.zeros(1)}) == "scored_high"
+        assert detect_layout({"blocks.0.norm1.weight": torch.zeros(1)}) == "eva"  # detect() 0: not a candidate
+        layouts.register_layout("scored_low", detect=lambda sd: True, convert=keep, priority=45, replace=True)
+        assert detect_layout({"x.w": torch.zeros(1)}) == "scored_low"
+    finally:
+        layouts.unregister_layout("scored_low")
+        layouts.unregister_layout("scored_high")
+    assert "scored_low" not in eva_core.list_layouts()
+
+
+def test_a_project_layout_registered_outside_eva_core_loads_a_video_checkpoint_into_an_eva_model(tmp_path):
+    import project_layout_fixture as project  # registers the layout on import, as a project package would
+
+    src = model(num_classes=0)
+    path = tmp_path / "toy_video_project.pth"
+    torch.save({"model_ema": project.to_project_checkpoint(src.state_dict(), tubelet=2)}, path)
+    saved = torch.load(path)["model_ema"]
+    assert saved["net.tubelet_embed.weight"].shape == (48, 3, 2, 4, 4) and "net.layers.1.attn.qkv.weight" in saved
+
+    dst = model(num_classes=0)
+    report = eva_core.load_checkpoint(dst, path, min_loaded=1.0)
+    assert report.layout == project.LAYOUT and f"layout {project.LAYOUT}" in str(report)
+    assert report.ok and len(report.loaded) == report.total == len(src.state_dict())
+    assert "net.patch_embed.proj.weight: tubelet kernel of 2 frames collapsed to an image kernel" in report.notes
+    assert "1 keys outside prefix 'net.' ignored" in report.notes  # the project's own video head
+    torch.testing.assert_close(dst.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    # the name can be given instead of detected
+    assert eva_core.load_checkpoint(model(num_classes=0), saved, layout=project.LAYOUT).ok
+
+
+# ----------------------------------------------------------------------------- our training checkpoints
+class _Classifier(torch.nn.Module):  # what the trainer saves for the classification wrapper: net.* keys
+    def __init__(self, **kw):
+        super().__init__()
+        self.net = model(**kw)
+
+
+def test_training_checkpoint_of_a_wrapper_loads_into_the_bare_encoder_and_back(tmp_path):
+    clf = _Classifier(num_classes=5)
+    path = save_atomic({"model": clf.state_dict(), "iteration": 10}, tmp_path / "model_final.pth")
+    bare = model(num_classes=5)
+    report = eva_core.load_checkpoint(bare, path, strict=True)
+    assert report.prefix == "net." and len(report.loaded) == report.total == len(bare.state_dict())
+    assert "encoder weights read from under 'net.'" in report.notes
+    torch.testing.assert_close(bare.blocks[1].mlp.fc2.weight, clf.net.blocks[1].mlp.fc2.weight)
+
+    # a deeper wrapper prefix of another project (e.g. a distillation student) works the same way
+    deep = {"student.net." + k: v for k, v in clf.net.state_dict().items()}
+    deep["teacher_proj.weight"] = torch.randn(3, 3)
+    report = eva_core.load_checkpoint(model(num_classes=5), deep)
+    assert report.prefix == "student.net." and report.ok and "1 keys outside 'student.net.' ignored" in report.notes
+    # the bare encoder's file into the wrapper
+    other = _Classifier(num_classes=5)
+    report = eva_core.load_checkpoint(other, bare.state_dict(), strict=True)
+    assert report.prefix == "" and report.ok
+    torch.testing.assert_close(other.net.pos_embed, clf.net.pos_embed)
+
+
+def test_load_report_is_one_log_line_with_counts_and_names():
+    clf = model(num_classes=5)
+    report = eva_core.load_checkpoint(clf, mim_state_dict())
+    line = str(report)
+    assert "\n" not in line
+    n = len(clf.state_dict())
+    assert line.startswith("<state_dict>: layout eva_mim, ")
+    assert f"loaded {n - 2}/{n} tensors" in line and report.loaded_fraction == pytest.approx((n - 2) / n)
+    assert "missing (2): ['head.bias', 'head.weight']" in line and "unexpected (0)" in line
+    assert "mismatched (0)" in line and "dropped (3): ['lm_head.bias', 'lm_head.weight', 'mask_token']" in line
+    assert "notes: norm.* renamed to fc_norm.*" in line
+
+
+def test_min_loaded_refuses_partial_loads_naming_the_file_and_the_first_missing_keys(tmp_path):
+    src = model(num_classes=0)
+    partial = {k: v for k, v in src.state_dict().items() if not k.startswith("blocks.1.")}
+    path = save_atomic(partial, tmp_path / "partial.safetensors")
+    dst = model(num_classes=0)
+    before = dst.blocks[0].attn.qkv.weight.clone()
+    with pytest.raises(CheckpointMismatchError, match=r"partial.safetensors: loaded \d+/\d+ tensors of Eva .* first "
+                                                      r"missing: \['blocks.1.attn.proj.bias'"):
+        eva_core.load_checkpoint(dst, path, min_loaded=1.0)
+    assert torch.equal(dst.blocks[0].attn.qkv.weight, before)  # a refused load changes nothing
+    with pytest.raises(CheckpointMismatchError, match=r"encoder tensors of Eva not loaded \(min_loaded='encoder'\)"):
+        eva_core.load_checkpoint(dst, path, min_loaded="encoder")
+    assert eva_core.load_checkpoint(dst, path, min_loaded=0.5).loaded_fraction > 0.5
+    assert len(eva_core.load_checkpoint(dst, path).missing) > 0  # the default stays non-strict
+
+    # "encoder" lets a fresh classifier head be missing, and nothing else
+    report = eva_core.load_checkpoint(_Classifier(num_classes=7), mim_state_dict(), min_loaded="encoder")
+    assert report.missing == ["net.head.bias", "net.head.weight"]
+    unrelated = {"decoder.weight": torch.randn(2, 2)}  # used to "load" 0 tensors without a word
+    with pytest.raises(CheckpointMismatchError, match="first missing: \\['blocks.0.attn.proj.bias'"):
+        eva_core.load_checkpoint(model(num_classes=0), unrelated, min_loaded="encoder")
+    with pytest.raises(ValueError, match="min_loaded=2"):
+        eva_core.load_checkpoint(dst, path, min_loaded=2)
