@@ -283,7 +283,8 @@ def test_every_recipe_loads_and_passes_the_checks():
 
 
 def test_train_schema_declares_every_train_key_the_engine_reads():
-    sources = sorted((REPO / "eva_core" / "eva_core" / "engine").glob("*.py")) + sorted((REPO / "tools").glob("*.py"))
+    sources = sorted((REPO / "eva_core" / "eva_core" / "engine").glob("*.py"))
+    sources += sorted((REPO / "tools").glob("*.py"))
     patterns = [r'"train\.([a-z_]+(?:\.[a-z_]+)*)"',  # select(cfg, "train.max_iter")
                 r'train\.get\("([a-z_]+)"',  # cfg.train.get("seed")
                 r'train_setting\(\w+, "([a-z_.]+)"',  # train_setting(cfg, "amp.enabled")

@@ -83,7 +83,7 @@ def test_unknown_target_argument_in_python_config_exits_2(tmp_path):
     _assert_refused(proc, out, "'model.out_feature'", "model.out_features", str(recipe))
 
 
-def test_hydra_dict_and_word_booleans_apply_as_written_and_unreadable_val_image_is_counted(toy_paths, tmp_path):
+def test_dict_and_word_boolean_overrides_apply_and_unreadable_val_image_is_counted(toy_paths, tmp_path):
     val_root = Path(toy_paths["imagefolder_color_val"])
     broken = sorted(p for p in val_root.rglob("*") if p.is_file())[0]
     broken.write_bytes(b"not an image")  # one unreadable validation image
@@ -97,7 +97,7 @@ def test_hydra_dict_and_word_booleans_apply_as_written_and_unreadable_val_image_
     assert saved.ema.enabled is True and saved.ema.decay == 0.5
     assert saved.amp.enabled is False
     assert saved.max_iter == 10 and type(saved.max_iter) is int
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("results: ")]
+    (line,) = [text for text in proc.stdout.splitlines() if text.startswith("results: ")]
     results = json.loads(line[len("results: "):])
     assert "ema/top1" in results, f"EMA must be on: {results}"
     assert results["num_skipped"] == 1, results

@@ -122,7 +122,8 @@ def _check_train(node: DictConfig, prefix: str, source: str | None) -> None:
             continue
         if kind is SECTION or isinstance(kind, KwargsOf):
             if not isinstance(child, DictConfig) or child._is_none():
-                raise ConfigValueError(f"train.{name}", _plain(child), "a mapping ({key: value, ...})", source)
+                raise ConfigValueError(f"train.{name}", _plain(child), "a mapping ({key: value, ...})",
+                                       source)
             if kind is SECTION:
                 _check_train(child, f"{name}.", source)
             else:

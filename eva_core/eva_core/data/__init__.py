@@ -5,7 +5,8 @@ from eva_core.data.datasets import (CorruptImageError, FileListDataset, ImageFol
                                     ImageSampleDataset, ListFileError, WebDatasetImages,
                                     read_file_list)
 from eva_core.data.datasets import UnreadableSampleError, exclude_unreadable
-from eva_core.data.loader import TestLoader, TrainLoader, batch_num_skipped, build_test_loader, build_train_loader
+from eva_core.data.loader import (TestLoader, TrainLoader, batch_num_skipped, build_test_loader,
+                                  build_train_loader)
 from eva_core.data.samplers import InferenceSampler, ResumableTrainSampler, sample_seed
 from eva_core.data.transforms import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
                                       build_transform)

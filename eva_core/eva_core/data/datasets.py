@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import to_tensor
 
-__all__ = ["CorruptImageError", "UnreadableSampleError", "exclude_unreadable", "ListFileError", "ImageSampleDataset", "PathLabelDataset", "ImageFolderDataset",
+__all__ = ["CorruptImageError", "UnreadableSampleError", "exclude_unreadable", "ListFileError",
+           "ImageSampleDataset", "PathLabelDataset", "ImageFolderDataset",
            "FileListDataset", "WebDatasetImages", "read_file_list", "expand_urls"]
 
 logger = logging.getLogger(__name__)
