@@ -5,7 +5,7 @@ Pre-training is the toy EVA pipeline (``tools/eva_toy_pipeline.py --fast``, shar
 toy world's colour ImageFolder, then MIM of a tiny EVA student against it
 (``configs/pretrain/toy.py`` through the shared engine). Downstream is a fresh colour set (another
 seed) with only a few labels per class; both fine-tunes run ``configs/classification/toy_ft.py``
-through ``Trainer.from_config`` with the same data, seed and number of steps, one loading the MIM
+through ``train_from_config`` with the same data, seed and number of steps, one loading the MIM
 checkpoint through ``model.net.checkpoint_path`` and one from random init.
 """
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 
 from eva_core.config import LazyConfig
 from eva_core.data.toy_world import make_imagefolder
-from eva_core.engine.trainer import Trainer
+from eva_core.engine.defaults import train_from_config
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "classification" / "toy_ft.py"
 LABELS_PER_CLASS = 4
@@ -35,9 +35,7 @@ def finetune_top1(data: dict, out_dir: Path, checkpoint: str | None, steps: int 
     cfg.train.eval_period = steps
     cfg.train.checkpointer.period = 0
     torch.manual_seed(seed)  # head (and, from scratch, encoder) initialisation
-    trainer = Trainer.from_config(cfg, tensorboard=False)
-    trainer.resume_or_load(resume=False)
-    return float(trainer.train()["top1"])
+    return float(train_from_config(cfg, tensorboard=False).results["top1"])
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The training engine: a real (tiny) training for every capability of the Trainer.
+"""The training engine: a real (tiny) training for every capability of the trainers and hooks.
 
-Also holds the toy regression task (model, dataset, evaluator) that the other
-``test_engine_*.py`` files import.
+The toy regression task (model, dataset, evaluator) and the toy run composed from engine parts
+live in ``tests/helpers.py``.
 """
 from __future__ import annotations
 
@@ -11,107 +11,18 @@ import fractions
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eva_core.checkpoint import CheckpointFormatError, load_file, save_atomic
-from eva_core.engine import CallbackHook, Trainer
+from eva_core.engine import CallbackHook
 from eva_core.optim import LRMultiplier, cosine_with_warmup
-
-DIM = 8
-
-
-class ToyRegressor(nn.Module):
-    """Tiny MLP following the model contract: loss dict in train mode, predictions in eval."""
-
-    def __init__(self, dim: int = DIM, hidden: int = 16, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-
-    def forward(self, batch):
-        pred = self.net(batch["x"]).squeeze(-1)
-        if self.training:
-            return {"loss_mse": F.mse_loss(pred.float(), batch["y"]), "pred_mean": pred.mean()}
-        return pred
-
-
-class ToyDataset(torch.utils.data.Dataset):
-    """y = x . w + noise; ``noise`` is drawn per read, so augmentation randomness is exercised."""
-
-    def __init__(self, n: int = 64, noise: float = 0.0, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, DIM, generator=g)
-        self.w = torch.randn(DIM, generator=g)
-        self.noise = noise
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        x = self.x[i] + self.noise * torch.randn(DIM)
-        return {"x": x, "y": (self.x[i] * self.w).sum()}
-
-
-class MSEEvaluator:
-    """detectron2 evaluator interface on the toy task."""
-
-    def reset(self):
-        self.sq, self.n = 0.0, 0
-
-    def process(self, batch, outputs):
-        self.sq += float(((outputs.float() - batch["y"]) ** 2).sum())
-        self.n += len(outputs)
-
-    def evaluate(self):
-        return {"mse": self.sq / max(self.n, 1)}
-
-
-class FixedBatches:
-    """Infinite stream cycling over a list of batches, resumable by position."""
-
-    def __init__(self, batches):
-        self.batches, self.pos = batches, 0
-
-    def __iter__(self):
-        while True:
-            b = self.batches[self.pos % len(self.batches)]
-            self.pos += 1
-            yield b
-
-    def state_dict(self):
-        return {"batches_yielded": self.pos}
-
-    def load_state_dict(self, sd):
-        self.pos = sd["batches_yielded"]
-
-
-def toy_batches(n_batches: int, batch_size: int, seed: int = 0):
-    ds = ToyDataset(n_batches * batch_size, seed=seed)
-    return [{"x": ds.x[i * batch_size:(i + 1) * batch_size],
-             "y": (ds.x[i * batch_size:(i + 1) * batch_size] * ds.w).sum(-1)} for i in range(n_batches)]
-
-
-def make_trainer(tmp_path=None, *, batches=None, model=None, lr=0.05, max_iter=10, **kw):
-    torch.manual_seed(0)
-    model = model or ToyRegressor()
-    batches = batches if batches is not None else toy_batches(4, 8)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    kw.setdefault("log_period", 5)
-    kw.setdefault("tensorboard", False)
-    return Trainer(model, FixedBatches(batches), opt, max_iter=max_iter, device="cpu",
-                   output_dir=str(tmp_path) if tmp_path else None, **kw)
-
-
-def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
+from helpers import (FixedBatches, MSEEvaluator, ToyDataset, ToyRegressor, make_trainer, toy_batches,
+                     toy_test_loader, weights)
 
 # --------------------------------------------------------------------------- learning
 def test_trainer_learns_toy_regression_and_evaluates(tmp_path):
-    ds = ToyDataset(64)
-    test_loader = [{"x": ds.x[i:i + 16], "y": (ds.x[i:i + 16] * ds.w).sum(-1)} for i in range(0, 64, 16)]
     t = make_trainer(tmp_path, batches=toy_batches(8, 8), max_iter=60, lr=0.02,
-                     evaluator=MSEEvaluator(), test_loader=test_loader, eval_period=30,
+                     evaluator=MSEEvaluator(), test_loader=toy_test_loader(), eval_period=30,
                      lr_scheduler=cosine_with_warmup(max_iter=60, warmup_iters=5))
     before = t.test()["mse"]
     results = t.train()
@@ -190,21 +101,21 @@ def test_eval_reports_model_and_ema_results():
 
 
 def test_bf16_autocast_trains():
-    t = make_trainer(max_iter=40, lr=0.02, amp_enabled=True, amp_dtype="bf16")
+    t = make_trainer(max_iter=40, lr=0.02, precision="bf16")
     seen = []
     t.register_hooks([CallbackHook(after_step=lambda tr: seen.append(tr.storage.latest()["total_loss"][0]))])
     t.train()
-    assert t.scaler.is_enabled() is False
+    assert t.grad_scaler.is_enabled() is False
     assert sum(seen[-5:]) < 0.3 * sum(seen[:5])
 
 
 def test_fp16_grad_scaler_skips_overflow_and_still_trains():
-    t = make_trainer(max_iter=60, lr=0.02, amp_enabled=True, amp_dtype="fp16",
-                     grad_scaler_kwargs={"init_scale": 2.0**24, "growth_interval": 1000})
-    assert t.scaler.is_enabled()
+    t = make_trainer(max_iter=60, lr=0.02, precision="fp16",
+                     loss_scale={"init_scale": 2.0**24, "growth_interval": 1000})
+    assert t.grad_scaler.is_enabled()
     seen, scales, taken = [], [], []
     t.register_hooks([CallbackHook(after_step=lambda tr: (seen.append(tr.storage.latest()["total_loss"][0]),
-                                                          scales.append(tr.scaler.get_scale()),
+                                                          scales.append(tr.grad_scaler.get_scale()),
                                                           taken.append(tr.step_taken)))])
     t.train()
     # 2^24 overflows fp16 gradients: the scaler halves until they fit, skipping those steps,
@@ -311,25 +222,38 @@ def test_metrics_json_has_one_record_per_log_period_with_expected_keys(tmp_path,
 
 
 # --------------------------------------------------------------------------- config
-def test_from_config_builds_trainer_from_lazy_config(tmp_path):
+def _toy_config(tmp_path, **train):
     from omegaconf import OmegaConf
 
     from eva_core.config import LazyCall as L
 
     cfg = OmegaConf.create({"train": {"max_iter": 20, "output_dir": str(tmp_path), "device": "cpu",
                                       "log_period": 10, "checkpointer": {"period": 10, "max_to_keep": 1},
-                                      "ema": {"enabled": True, "decay": 0.9}, "clip_grad": 1.0}},
+                                      "ema": {"enabled": True, "decay": 0.9}, "clip_grad": 1.0, **train}},
                            flags={"allow_objects": True})
     cfg.model = L(ToyRegressor)(hidden=8)
     cfg.optimizer = L(torch.optim.AdamW)(params=L(_all_params)(model=None), lr=0.01)
     cfg.dataloader = {"train": L(FixedBatches)(batches=toy_batches(4, 8))}
     cfg.lr_multiplier = L(cosine_with_warmup)(max_iter=20, warmup_iters=2)
-    t = Trainer.from_config(cfg)
-    assert isinstance(t.lr_scheduler, LRMultiplier) and t.ema is not None and t.clip_grad == 1.0
+    return cfg
+
+
+def test_config_builders_and_train_from_config_build_and_train_a_lazy_config(tmp_path):
+    from eva_core.engine import SimpleTrainer
+    from eva_core.engine.config_build import (build_ema, build_lr_scheduler, build_model, build_optimizer,
+                                              build_train_loader, build_trainer)
+    from eva_core.engine.defaults import train_from_config
+
+    cfg = _toy_config(tmp_path)
+    model = build_model(cfg)
+    t = build_trainer(cfg, model, build_optimizer(cfg, model), build_train_loader(cfg))
+    assert type(t) is SimpleTrainer and t.clip_grad == 1.0
+    assert isinstance(build_lr_scheduler(cfg, t.optimizer), LRMultiplier) and build_ema(cfg, model) is not None
     assert t.optimizer.param_groups[0]["params"][0] is next(t.unwrapped_model.parameters())
-    t.resume_or_load(resume=False)
-    t.train()
-    assert (tmp_path / "model_final.pth").is_file()
+    run = train_from_config(cfg, tensorboard=False)
+    assert run.trainer.iter == 20 and run.results == {}  # no test set: nothing evaluated
+    ck = load_file(tmp_path / "model_final.pth")
+    assert ck["iteration"] == 19 and {"ema", "scheduler", "optimizer", "data_loader"} <= set(ck)
 
 
 def _all_params(model):
@@ -394,17 +318,145 @@ def test_common_train_config_gives_the_papers_fp16_loss_scaling():
 
     from eva_core.config import LazyCall as L
     from eva_core.config import LazyConfig
-    from eva_core.engine.config_build import trainer_kwargs_from_config
+    from eva_core.engine import AMPTrainer
+    from eva_core.engine.config_build import build_model, build_optimizer, build_train_loader, build_trainer
 
     root = Path(__file__).resolve().parents[1]
     cfg = LazyConfig.load(str(root / "configs/common/train.py"))
-    cfg.train.update(device="cpu", output_dir=None, amp={**cfg.train.amp, "enabled": True, "dtype": "fp16"})
+    # the recipe's values are the paper's (DeepSpeed's dynamic loss scaling) ...
+    assert dict(cfg.train.amp.loss_scale) == {"init_scale": 2.0**16, "growth_interval": 500, "hysteresis": 2,
+                                              "min_scale": 1.0}
+    # ... and whatever the config says reaches the trainer's scaler: values unlike the defaults
+    cfg.train.update(device="cpu", output_dir=None, amp={"enabled": True, "dtype": "float16", "loss_scale": {
+        "init_scale": 2.0**10, "growth_interval": 7, "hysteresis": 3, "min_scale": 4.0}})
     cfg.model = L(ToyRegressor)(hidden=8)
     cfg.optimizer = L(torch.optim.SGD)(params=L(_all_params)(model=None), lr=0.01)
     cfg.dataloader = {"train": L(FixedBatches)(batches=toy_batches(1, 8))}
-    kw = trainer_kwargs_from_config(cfg)
-    t = make_trainer(amp_enabled=kw["amp_enabled"], amp_dtype=kw["amp_dtype"],
-                     grad_scaler_kwargs=kw["grad_scaler_kwargs"])
-    s = t.scaler
+    model = build_model(cfg)
+    t = build_trainer(cfg, model, build_optimizer(cfg, model), build_train_loader(cfg))
+    assert isinstance(t, AMPTrainer) and t.precision == torch.float16
+    s = t.grad_scaler
     assert s.is_enabled()
-    assert (s.get_scale(), s.get_growth_interval(), s.hysteresis, s.min_scale) == (2.0**16, 500, 2, 1.0)
+    assert (s.get_scale(), s.get_growth_interval(), s.hysteresis, s.min_scale) == (2.0**10, 7, 3, 4.0)
+
+
+# --------------------------------------------------------------------------- hooks
+class _PublicView:
+    """What a hook sees of the trainer: its public attributes only (a private one raises)."""
+
+    def __init__(self, trainer):
+        object.__setattr__(self, "_t", trainer)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(f"hook read the trainer's private member {name!r}")
+        return getattr(object.__getattribute__(self, "_t"), name)
+
+    def __setattr__(self, name, value):
+        if name.startswith("_"):
+            raise AttributeError(f"hook wrote the trainer's private member {name!r}")
+        setattr(object.__getattribute__(self, "_t"), name, value)
+
+
+class _BareLoop:
+    """A hand-written loop (not an eva_core trainer) with only the documented public state:
+    ``iter``, ``start_iter``, ``max_iter``, ``storage``, ``step_taken``, ``nonfinite_streak``."""
+
+    def __init__(self, model, optimizer, batches, hooks):
+        from eva_core.utils.events import EventStorage
+
+        self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.iter = self.start_iter = 0
+        self.max_iter = len(batches)
+        self.storage = EventStorage(0)
+        self.step_taken, self.nonfinite_streak = False, 0
+        self.hooks = hooks
+        for h in hooks:
+            h.trainer = _PublicView(self)
+
+    def train(self):
+        for h in self.hooks:
+            h.before_train()
+        for self.iter in range(self.max_iter):
+            self.storage.iter = self.iter
+            for h in self.hooks:
+                h.before_step()
+            loss = self.model(self.batches[self.iter])["loss_mse"]
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.step_taken = True
+            self.storage.put_scalar("total_loss", loss.item())
+            for h in self.hooks:
+                h.after_step()
+        for h in self.hooks:
+            h.after_train()
+
+
+def test_hooks_constructed_with_what_they_act_on_need_no_private_trainer_state(tmp_path):
+    from timm.utils import ModelEmaV3
+
+    from eva_core.engine import (Checkpointer, EMAHook, EvalHook, IterationTimer, LRScheduler,
+                                 PeriodicCheckpointer, PeriodicWriter)
+
+    torch.manual_seed(0)
+    model = ToyRegressor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = LRMultiplier(opt, cosine_with_warmup(max_iter=6, warmup_iters=1), max_iter=6)
+    ema = ModelEmaV3(model, decay=0.5)
+    checkpointer = Checkpointer(model, str(tmp_path), optimizer=opt, scheduler=sched, ema=ema)
+    evaluated_at, records = [], []
+
+    def eval_fn():
+        evaluated_at.append(loop.iter)
+        return {"val": {"bbox": {"AP": 10.0 + loop.iter}, "segm": {"AP": 5.0}}}
+
+    class ListWriter:
+        def write(self, record):
+            records.append(record)
+
+        def close(self):
+            records.append("closed")
+
+    loop = _BareLoop(model, opt, toy_batches(6, 8), [
+        IterationTimer(), LRScheduler(opt, sched), EMAHook(ema, model),
+        PeriodicCheckpointer(checkpointer, 3, max_iter=6, final_weights_format="safetensors",
+                             ema_model=ema.module),
+        EvalHook(3, eval_fn), PeriodicWriter([ListWriter()], period=3)])
+    loop.train()
+    assert evaluated_at == [2, 5]
+    assert sorted(p.name for p in tmp_path.glob("model_*")) == [
+        "model_0000002.pth", "model_0000005.pth", "model_final.pth", "model_final.safetensors",
+        "model_final_ema.safetensors"]
+    assert load_file(tmp_path / "model_0000002.pth")["scheduler"]["last_epoch"] == 3
+    assert [r["iteration"] for r in records[:-1]] == [2, 5] and records[-1] == "closed"
+    assert records[1]["eval/val/bbox/AP"] == 15.0 and records[1]["eval/val/segm/AP"] == 5.0
+    assert {"lr", "time", "total_loss"} <= set(records[1])
+    assert not torch.equal(ema.module.net[0].weight, model.net[0].weight)
+
+
+def test_periodic_checkpointer_skips_saving_during_a_nonfinite_streak(tmp_path):
+    from eva_core.engine import Checkpointer, PeriodicCheckpointer
+
+    model = ToyRegressor()
+    hook = PeriodicCheckpointer(Checkpointer(model, str(tmp_path)), 2, max_iter=4)
+
+    class Loop:  # the public state the hook reads
+        iter, max_iter, nonfinite_streak, last_checkpoint = 1, 4, 1, None
+
+    hook.trainer = loop = Loop()
+    hook.after_step()
+    assert not list(tmp_path.glob("*.pth"))
+    loop.nonfinite_streak = 0
+    hook.after_step()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert loop.last_checkpoint == str(tmp_path / "model_0000001.pth")
+
+
+def test_lr_scheduler_hook_refuses_a_scheduler_of_another_optimizer():
+    from eva_core.engine import LRScheduler
+
+    model = ToyRegressor()
+    a, b = (torch.optim.SGD(model.parameters(), lr=0.1) for _ in range(2))
+    with pytest.raises(ValueError, match="another optimizer"):
+        LRScheduler(a, LRMultiplier(b, cosine_with_warmup(max_iter=4, warmup_iters=1), max_iter=4))

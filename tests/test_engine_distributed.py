@@ -25,10 +25,10 @@ class _Interrupted(Exception):
 
 def _toy_run(out: Path, *, hooks=(), resume: bool = False, poison_iter: int | None = None, **trainer_kw):
     """Train the toy regressor for MAX_ITER iterations; ``poison_iter`` makes that iteration's loss NaN."""
-    from test_engine import ToyDataset, ToyRegressor
+    from helpers import ToyDataset, ToyRegressor, ToyRun
 
     from eva_core.data import build_train_loader
-    from eva_core.engine import CallbackHook, Trainer
+    from eva_core.engine import CallbackHook
     from eva_core.optim import cosine_with_warmup
 
     torch.manual_seed(0)
@@ -38,9 +38,9 @@ def _toy_run(out: Path, *, hooks=(), resume: bool = False, poison_iter: int | No
     net = model.net
     opt = torch.optim.AdamW([{"params": net[0].parameters(), "lr": 3e-2, "lr_scale": 0.5},
                              {"params": net[3].parameters(), "lr": 3e-2}], lr=3e-2, weight_decay=0.05)
-    trainer = Trainer(model, loader, opt, lr_scheduler=cosine_with_warmup(max_iter=MAX_ITER, warmup_iters=2),
-                      max_iter=MAX_ITER, device="cpu", output_dir=str(out), checkpoint_period=6,
-                      log_period=6, tensorboard=False, **trainer_kw)
+    trainer = ToyRun(out, model=model, data_loader=loader, optimizer=opt,
+                     lr_scheduler=cosine_with_warmup(max_iter=MAX_ITER, warmup_iters=2), max_iter=MAX_ITER,
+                     checkpoint_period=6, log_period=6, tensorboard=False, **trainer_kw)
     losses = []
     if poison_iter is not None:
         # a NaN weight on the input poisons this iteration's loss and gradients on every rank
@@ -126,7 +126,7 @@ def _deepspeed_worker(rank: int, init_file: str, out: str) -> None:
          "poisoned_step_changed_nothing": all(torch.equal(v, snapshots[POISON_ITER + 1][k])
                                               for k, v in snapshots[POISON_ITER].items()),
          "resumed_start_iter": resumed.start_iter,
-         "skipped_steps": [full.deepspeed.skipped_steps, resumed.deepspeed.skipped_steps]}))
+         "skipped_steps": [full.engine.skipped_steps, resumed.engine.skipped_steps]}))
     dist.destroy_process_group()
 
 

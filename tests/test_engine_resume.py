@@ -22,20 +22,19 @@ MAX_ITER, PERIOD = 20, 5
 def build_trainer(out: str):
     """AdamW + cosine lr + EMA + clipping + grad accumulation + dropout + per-sample noise,
     fed by eva_core's resumable loader: every piece of state a resume must restore."""
-    from test_engine import ToyDataset, ToyRegressor
+    from helpers import ToyDataset, ToyRegressor, ToyRun
 
     from eva_core.data import build_train_loader
-    from eva_core.engine import Trainer
     from eva_core.optim import cosine_with_warmup
 
     torch.manual_seed(0)
     model = ToyRegressor(hidden=32, dropout=0.2)
     loader = build_train_loader(ToyDataset(64, noise=0.1), total_batch_size=8, num_workers=0, seed=3)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    return Trainer(model, loader, opt, lr_scheduler=cosine_with_warmup(max_iter=MAX_ITER, warmup_iters=3),
-                   max_iter=MAX_ITER, device="cpu", output_dir=out, checkpoint_period=PERIOD,
-                   max_to_keep=2, ema_decay=0.9, clip_grad=0.5, grad_accum_steps=2, log_period=5,
-                   tensorboard=False)
+    return ToyRun(out, model=model, data_loader=loader, optimizer=opt,
+                  lr_scheduler=cosine_with_warmup(max_iter=MAX_ITER, warmup_iters=3), max_iter=MAX_ITER,
+                  checkpoint_period=PERIOD, max_to_keep=2, ema_decay=0.9, clip_grad=0.5, grad_accum_steps=2,
+                  log_period=5, tensorboard=False)
 
 
 def _die_in_nth_save(n: int) -> None:

@@ -137,6 +137,26 @@ def test_eval_only_with_produced_checkpoint_reproduces_accuracy(single_process_r
     assert results["num_samples"] == trained["num_samples"] == 64
 
 
+def test_eval_only_builds_the_model_and_test_sets_but_no_train_loader_or_optimizer(
+        single_process_run, tool_without_launch, tmp_path, restore_eva_logger):
+    from eva_core.config import LazyCall as L
+    from helpers import must_not_be_built
+
+    out, trained = single_process_run
+    cfg = LazyConfig.load(out / "config.yaml")
+    # instantiating either of these raises: --eval-only must not build them
+    cfg.dataloader.train = L(must_not_be_built)(what="dataloader.train")
+    cfg.optimizer = L(must_not_be_built)(what="optimizer")
+    LazyConfig.save(cfg, tmp_path / "eval_only.yaml")
+    args = default_argument_parser().parse_args([
+        "--config-file", str(tmp_path / "eval_only.yaml"), "--eval-only",
+        f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'eval'}"])
+    results = tool_without_launch.main(args)
+    assert results["top1"] == pytest.approx(trained["top1"]) and results["num_samples"] == 64
+    with pytest.raises(AssertionError, match="must_not_be_built"):
+        tool_without_launch.do_train(args, LazyConfig.load(tmp_path / "eval_only.yaml"))
+
+
 def test_argument_parser_has_detectron2_flags_and_trailing_overrides():
     args = default_argument_parser().parse_args(
         ["--config-file", "c.py", "--resume", "--eval-only", "--num-gpus", "4", "--num-machines", "2",

@@ -5,8 +5,8 @@
    label="color")``: one random shape per image, class = its colour, 8 classes).
 2. Teacher: a tiny eva_core classifier trained supervised on those labels (stands in for CLIP):
    ``configs/classification/toy_imagefolder.py`` with the teacher architecture of
-   ``configs/pretrain/toy.py``, through ``Trainer.from_config``.
-3. MIM: ``configs/pretrain/toy.py`` through ``Trainer.from_config``: a tiny EVA student regresses
+   ``configs/pretrain/toy.py``, through ``eva_core.engine.defaults.train_from_config``.
+3. MIM: ``configs/pretrain/toy.py`` through ``train_from_config``: a tiny EVA student regresses
    the frozen teacher's patch features at block-masked positions (negative cosine).
 4. Linear probe (``eva_core.classification.linear_probe``: frozen CLS token -> BatchNorm ->
    Linear, SGD on cached features) of the MIM encoder, of the same encoder at random init, and of the teacher.
@@ -82,9 +82,8 @@ def teacher_config(mim_cfg, world: dict, out_dir: Path, steps: int, seed: int):
 
 def train_teacher(cfg, progress):
     """Supervised training of the teacher through the shared engine -> (classifier net, val top-1 %)."""
-    from eva_core.engine.defaults import seed_all_rng
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
     from eva_core.engine.hooks import CallbackHook
-    from eva_core.engine.trainer import Trainer
 
     task = progress.add_task("teacher (supervised)", total=int(cfg.train.max_iter))
 
@@ -95,10 +94,8 @@ def train_teacher(cfg, progress):
             progress.update(task, advance=1, description=f"teacher (supervised) loss {loss:.3f}")
 
     seed_all_rng(int(cfg.train.seed))  # the net's initialisation (default_setup's job in the CLI)
-    trainer = Trainer.from_config(cfg, extra_hooks=[CallbackHook(after_step=after_step)], tensorboard=False)
-    trainer.resume_or_load(resume=False)
-    results = trainer.train()
-    return trainer.unwrapped_model.net.eval(), float(results["top1"])
+    run = train_from_config(cfg, extra_hooks=[CallbackHook(after_step=after_step)], tensorboard=False)
+    return run.model.net.eval(), float(run.results["top1"])
 
 
 # ----------------------------------------------------------------------------- 4. probe
@@ -112,9 +109,8 @@ def probe_accuracy(encoder, train_set, val_set, seed: int = 0) -> float:
 
 # ----------------------------------------------------------------------------- 3. MIM
 def run_mim(cfg, progress, losses: list):
-    from eva_core.engine.defaults import seed_all_rng
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
     from eva_core.engine.hooks import CallbackHook
-    from eva_core.engine.trainer import Trainer
 
     task = progress.add_task("MIM pre-training", total=int(cfg.train.max_iter))
 
@@ -126,10 +122,7 @@ def run_mim(cfg, progress, losses: list):
 
     hook = CallbackHook(after_step=after_step)
     seed_all_rng(int(cfg.train.seed))
-    trainer = Trainer.from_config(cfg, extra_hooks=[hook], tensorboard=False)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return trainer.unwrapped_model
+    return train_from_config(cfg, extra_hooks=[hook], tensorboard=False).model
 
 
 def save_loss_curve(losses: list, path: Path) -> None:

@@ -40,24 +40,55 @@ def print_results(results: dict) -> None:
         print("results: " + json.dumps(results, sort_keys=True, default=float), flush=True)
 
 
+def do_test(cfg, model) -> dict:
+    """Evaluate ``model`` on every set of ``dataloader.test`` with ``dataloader.evaluator``
+    (``{dataset_name: results}`` when there are several); rank 0 logs the results table."""
+    from eva_core.engine.defaults import build_eval_function
+    from eva_core.evaluation import print_csv_format
+
+    eval_fn = build_eval_function(cfg, model)
+    if eval_fn is None:
+        logger.warning("the config has no dataloader.test or no dataloader.evaluator: nothing to evaluate")
+        return {}
+    results = eval_fn()
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def do_train(args: argparse.Namespace, cfg) -> dict:
+    """Train (``--resume``: from the last checkpoint of ``train.output_dir``) with the default
+    hooks; returns the last evaluation's results."""
+    from eva_core.engine.defaults import train_from_config
+    from eva_core.evaluation import print_csv_format
+
+    results = train_from_config(cfg, resume=args.resume).results
+    if results and comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
 def main(args: argparse.Namespace) -> dict:
-    from eva_core.engine.trainer import Trainer  # imported in the worker: keeps --help fast
+    # engine modules are imported in the worker: keeps --help fast
+    from eva_core.engine.checkpointer import Checkpointer
+    from eva_core.engine.config_build import build_model
 
     cfg = load_config(args)
     default_setup(cfg, args)
-    trainer = Trainer.from_config(cfg)
     if args.eval_only:
+        # the model and the test sets only: no train loader, no optimizer
+        model = build_model(cfg)
         # init_checkpoint when one is given, else the last checkpoint of train.output_dir
         use_last = args.resume or not cfg.train.init_checkpoint
-        if use_last and not trainer.checkpointer.has_checkpoint():
+        checkpointer = Checkpointer(model, cfg.train.output_dir, allow_pickle=bool(cfg.train.get("allow_pickle", False)))
+        if use_last and not checkpointer.has_checkpoint():
             raise FileNotFoundError(
                 f"--eval-only: no train.init_checkpoint given and no checkpoint in "
                 f"train.output_dir={cfg.train.output_dir!r}; nothing to evaluate")
-        trainer.resume_or_load(resume=use_last)
-        results = trainer.test()
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=use_last)
+        results = do_test(cfg, model)
     else:
-        trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        results = do_train(args, cfg)
     print_results(results)
     return results
 

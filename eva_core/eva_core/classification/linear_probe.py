@@ -3,7 +3,7 @@
 The encoder is frozen and kept in eval mode; its CLS token (``pool="token"``) or the mean of its
 patch tokens (``pool="avg"``) goes through ``BatchNorm1d(affine=False)`` and a ``Linear`` head, the
 only trained parameters. Optimizer: LARS (timm's :class:`timm.optim.Lars`, momentum 0.9, no weight
-decay; REFERENCE.md section 3) or SGD, with a linear warmup and a per-step cosine schedule.
+decay; see docs/recipes/classification.md) or SGD, with a linear warmup and a per-step cosine schedule.
 
 With ``use_cache=True`` the features of every training image are computed once and the head is
 trained on the cached features; this is much faster but sees each image under ONE draw of the
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..evaluation import ClassificationEvaluator
+from ..evaluation import ClassificationEvaluator, inference_on_dataset
 
 __all__ = ["LinearProbe", "extract_features", "linear_probe", "main"]
 
@@ -63,8 +63,8 @@ class LinearProbe(nn.Module):
             ``"token_avg"`` (both concatenated, as DINO's ViT-S probe; suits MIM encoders, whose
             CLS token gets no direct training signal).
 
-    Forward: ``batch`` dict (``"image"``) or image tensor -> logits; ``forward_from_features``
-    skips the encoder (cached features).
+    Forward: ``batch`` dict (``"image"``, or ``"features"`` for cached pooled features) or
+    image tensor -> logits; ``forward_from_features`` skips the encoder.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, pool: str = "token") -> None:
@@ -99,6 +99,8 @@ class LinearProbe(nn.Module):
         return self.head(self.bn(feats))
 
     def forward(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, dict) and "features" in batch:
+            return self.forward_from_features(batch["features"])
         images = batch["image"] if isinstance(batch, dict) else batch
         return self.forward_from_features(self.features(images))
 
@@ -264,20 +266,14 @@ def linear_probe(encoder: nn.Module, train_dataset: Dataset, val_dataset: Datase
             last_loss = total / max(count, 1)
             logger.info("linear probe epoch %d/%d: loss %.4f", epoch + 1, epochs, last_loss)
 
-        probe.eval()
-        evaluator = ClassificationEvaluator(topk=topk)
-        evaluator.reset()
-        with torch.no_grad():
-            if use_cache:
-                val_x, val_y = extract_features(encoder, val_dataset, batch_size=batch_size, pool=pool,
-                                                num_workers=num_workers)
-                for i in range(0, val_x.shape[0], batch_size):
-                    evaluator.process({"label": val_y[i:i + batch_size]},
-                                      probe.forward_from_features(val_x[i:i + batch_size]))
-            else:
-                for batch in _loader(val_dataset, batch_size, False, num_workers, 0):
-                    evaluator.process(batch, probe(batch["image"].to(device)))
-        results = {k: v for k, v in evaluator.evaluate().items()}
+        if use_cache:
+            val_x, val_y = extract_features(encoder, val_dataset, batch_size=batch_size, pool=pool,
+                                            num_workers=num_workers)
+            val_loader: Any = [{"features": val_x[i:i + batch_size], "label": val_y[i:i + batch_size]}
+                               for i in range(0, val_x.shape[0], batch_size)]
+        else:
+            val_loader = _loader(val_dataset, batch_size, False, num_workers, 0)
+        results = dict(inference_on_dataset(probe, val_loader, ClassificationEvaluator(topk=topk)))
         results["train_loss"] = last_loss
         return results
     finally:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TABLE5_SETS", "SET_TITLES", "table5_summary", "evaluate_set", "evaluate_robustness",
+__all__ = ["TABLE5_SETS", "SET_TITLES", "table5_summary", "ImageInput", "evaluate_set", "evaluate_robustness",
            "format_table", "dump_json"]
 
 logger = logging.getLogger(__name__)
@@ -45,43 +45,47 @@ def table5_summary(top1: Mapping[str, float]) -> dict[str, float]:
     return {"avg": avg, "gap": float(top1["imagenet"]) - avg}
 
 
-@torch.no_grad()
+class ImageInput(nn.Module):
+    """Lets a bare timm-style network (image tensor -> logits) take the engine's batch dicts."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.net(batch["image"])
+
+
+def _batch_model(model: nn.Module) -> nn.Module:
+    """``model`` when it takes batch dicts (``ImageClassifier``), else it wrapped in :class:`ImageInput`."""
+    from .model import ImageClassifier
+
+    inner = getattr(model, "module", model)  # DDP / EMA wrappers
+    return model if isinstance(inner, ImageClassifier) else ImageInput(model)
+
+
+def _evaluator_for(dataset: Dataset, topk: Sequence[int]):
+    # the set's own make_evaluator decides the scoring (class subset, multi-label rule)
+    if hasattr(dataset, "make_evaluator"):
+        return dataset.make_evaluator(topk=topk)
+    from ..evaluation import ClassificationEvaluator
+
+    return ClassificationEvaluator(topk=topk)
+
+
 def evaluate_set(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0,
                  topk: Sequence[int] = (1, 5), loader: DataLoader | None = None) -> dict[str, float]:
     """Top-k of ``model`` (images -> IN-1K logits, or an ``ImageClassifier``) on one set.
 
-    The set's own ``make_evaluator`` decides the scoring (class subset, multi-label rule). The
-    loader is ``eva_core.data.build_test_loader`` (sharded across ranks; results on rank 0).
+    The set's own ``make_evaluator`` decides the scoring (class subset, multi-label rule); the
+    loop is :func:`eva_core.evaluation.inference_on_dataset` over
+    ``eva_core.data.build_test_loader`` (sharded across ranks; results on rank 0).
     """
     from ..data import build_test_loader
+    from ..evaluation import inference_on_dataset
 
-    evaluator = dataset.make_evaluator(topk=topk) if hasattr(dataset, "make_evaluator") else None
-    if evaluator is None:
-        from ..evaluation import ClassificationEvaluator
-
-        evaluator = ClassificationEvaluator(topk=topk)
     loader = loader or build_test_loader(dataset, batch_size, num_workers=num_workers)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    evaluator.reset()
-    try:
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            # ImageClassifier takes the batch dict; a bare timm net takes the image tensor
-            outputs = model({**batch, "image": images}) if _takes_batch(model) else model(images)
-            evaluator.process(batch, outputs)
-    finally:
-        model.train(was_training)
-    return evaluator.evaluate()
-
-
-def _takes_batch(model: nn.Module) -> bool:
-    from .model import ImageClassifier
-
-    inner = getattr(model, "module", model)  # DDP / EMA wrappers
-    return isinstance(inner, ImageClassifier)
+    return inference_on_dataset(_batch_model(model), loader, _evaluator_for(dataset, topk))
 
 
 def evaluate_robustness(model: nn.Module, sets: Mapping[str, Dataset], **kwargs: Any) -> dict[str, Any]:
@@ -90,18 +94,23 @@ def evaluate_robustness(model: nn.Module, sets: Mapping[str, Dataset], **kwargs:
     Args:
         model: IN-1K classifier.
         sets: ``{set name: dataset}`` (names as in :data:`eva_core.classification.datasets.EVAL_SETS`).
-        **kwargs: passed to :func:`evaluate_set`.
+        **kwargs: ``batch_size``, ``num_workers``, ``topk`` (as :func:`evaluate_set`).
 
     Returns:
         ``{"sets": {name: {"top1", "top5", "num_samples"}}, "avg": .., "gap": ..}`` (the last two
         only when every Table 5 column was evaluated); ``{}`` on ranks other than 0.
     """
-    per_set = {}
-    for name, dataset in sets.items():
-        per_set[name] = evaluate_set(model, dataset, **kwargs)
-        if per_set[name]:
-            logger.info("%s: %s", name, per_set[name])
-    if not any(per_set.values()):
+    from ..data import build_test_loader
+    from ..evaluation import inference_on_datasets
+
+    batch_size, num_workers = kwargs.pop("batch_size", 64), kwargs.pop("num_workers", 0)
+    topk = kwargs.pop("topk", (1, 5))
+    if kwargs:
+        raise TypeError(f"evaluate_robustness: unexpected arguments {sorted(kwargs)}")
+    loaders = {name: build_test_loader(ds, batch_size, num_workers=num_workers) for name, ds in sets.items()}
+    evaluators = {name: _evaluator_for(ds, topk) for name, ds in sets.items()}
+    per_set = inference_on_datasets(_batch_model(model), loaders, evaluators)
+    if not per_set:
         return {}
     out: dict[str, Any] = {"sets": per_set}
     top1 = {k: v["top1"] for k, v in per_set.items() if "top1" in v}

@@ -1,6 +1,7 @@
-"""The training engine: Trainer, hooks, checkpointer, and the multi-process launcher."""
+"""The training engine, in detectron2's shape: trainers (hook loop, one optimizer step, AMP,
+DeepSpeed), hooks, the checkpointer, config builders, defaults and the multi-process launcher."""
 from . import hooks
-from .checkpointer import Checkpointer, get_rng_state, set_rng_state, unwrap_model
+from .checkpointer import Checkpointer, get_rng_state, load_model_weights, set_rng_state, unwrap_model
 from .hooks import (
     CallbackHook,
     EMAHook,
@@ -10,19 +11,25 @@ from .hooks import (
     LRScheduler,
     MetricsWriter,
     PeriodicCheckpointer,
+    PeriodicWriter,
 )
-from .trainer import Trainer, build_zero_optimizer, load_model_weights, sum_losses
+from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase, sum_losses
 
-__all__ = ["Trainer", "hooks", "Checkpointer", "HookBase", "CallbackHook", "IterationTimer",
-           "LRScheduler", "EMAHook", "PeriodicCheckpointer", "EvalHook", "MetricsWriter",
-           "get_rng_state", "set_rng_state", "unwrap_model", "build_zero_optimizer",
-           "load_model_weights", "sum_losses", "launch", "default_argument_parser", "default_setup"]
+__all__ = ["TrainerBase", "SimpleTrainer", "AMPTrainer", "DeepSpeedTrainer", "hooks", "Checkpointer",
+           "HookBase", "CallbackHook", "IterationTimer", "LRScheduler", "EMAHook", "PeriodicCheckpointer",
+           "EvalHook", "PeriodicWriter", "MetricsWriter", "get_rng_state", "set_rng_state", "unwrap_model",
+           "load_model_weights", "sum_losses", "launch", "default_argument_parser", "default_setup",
+           "default_hooks", "create_ddp_model", "build_zero_optimizer", "build_eval_function",
+           "train_from_config"]
 
-_LAZY = {"launch": ".launch", "default_argument_parser": ".defaults", "default_setup": ".defaults"}
+_LAZY = {"launch": ".launch", "default_argument_parser": ".defaults", "default_setup": ".defaults",
+         "default_hooks": ".defaults", "create_ddp_model": ".defaults", "build_zero_optimizer": ".defaults",
+         "build_eval_function": ".defaults", "train_from_config": ".defaults",
+         "DeepSpeedTrainer": ".deepspeed_engine"}
 
 
 def __getattr__(name: str):
-    # launch.py / defaults.py are separate modules; import them only when asked for
+    # launch.py / defaults.py / deepspeed_engine.py are separate modules; import them only when asked for
     if name in _LAZY:
         import importlib
 

@@ -33,7 +33,7 @@ import torch
 from ..checkpoint.io import load_file, save_atomic
 from ..utils import comm
 
-__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model"]
+__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model", "load_model_weights"]
 
 logger = logging.getLogger("eva_core.engine")
 
@@ -205,6 +205,27 @@ class Checkpointer:
                 p.unlink(missing_ok=True)
 
     # --------------------------------------------------------------- loading
+    def resume_or_load(self, path: str | os.PathLike | None, *, resume: bool = True) -> dict[str, Any]:
+        """detectron2's ``resume_or_load``: with ``resume`` and a ``last_checkpoint`` in
+        ``save_dir``, restore the complete training state from it; otherwise load only the model
+        weights of ``path`` (``train.init_checkpoint``; nothing when empty) through
+        :func:`load_model_weights`. Temporaries left by a killed write are removed first.
+
+        Returns:
+            the unconsumed entries of the resumed checkpoint (``iteration`` among them; resume
+            at ``iteration + 1``), or ``{}`` when nothing was resumed.
+        """
+        self.remove_stale_temp_files()
+        comm.synchronize()
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            extra = self.load(last)
+            logger.info(f"Resumed from {last}: continuing at iteration {int(extra.get('iteration', -1)) + 1}")
+            return extra
+        if path:
+            load_model_weights(self.model, path, allow_pickle=self.allow_pickle)
+        return {}
+
     def get_checkpoint_file(self) -> Path | None:
         """The checkpoint ``last_checkpoint`` names, or None."""
         if self.save_dir is None:
@@ -293,3 +314,12 @@ def _safe_deepspeed_reads(engine: Any, allow_pickle: bool):
         yield
     finally:
         ckpt_engine.load = original
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False) -> None:
+    """Load the weights of ``path`` (``train.init_checkpoint``, or a training checkpoint) into
+    ``model`` through ``eva_core.load_checkpoint``, which unwraps ``model`` / ``module`` /
+    ``model_ema`` / ``state_dict`` and maps foreign layouts."""
+    from eva_core import load_checkpoint
+
+    load_checkpoint(model, str(path), allow_pickle=allow_pickle)

@@ -1,7 +1,7 @@
 """DeepSpeed as an optional engine (the paper's setup: ZeRO stage 1 with fp16 loss scaling).
 
-Used when ``train.deepspeed`` is a DeepSpeed config dict. The trainer keeps its hooks, loader and
-lr schedule; DeepSpeed owns the forward wrapper, loss scaling, gradient accumulation, clipping and
+:class:`DeepSpeedTrainer` is used when ``train.deepspeed`` is a DeepSpeed config dict. The trainer
+keeps its hooks, loader and lr schedule; DeepSpeed owns the forward wrapper, loss scaling, gradient accumulation, clipping and
 the sharded optimizer step. The Checkpointer saves the engine's own state (optimizer shards, fp32
 master weights, loss scaler) next to each checkpoint, so a resumed run continues exactly. On CPU set ``DS_ACCELERATOR=cpu`` (gloo).
 """
@@ -10,23 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..utils import comm
 from ..utils.device import to_device
+from .amp import resolve_amp_dtype
+from .train_loop import SimpleTrainer, sum_losses
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-__all__ = ["initialize_deepspeed", "deepspeed_step", "fill_deepspeed_config"]
+__all__ = ["DeepSpeedTrainer", "initialize_deepspeed", "fill_deepspeed_config"]
 
 logger = logging.getLogger("eva_core.engine")
 
 
 def fill_deepspeed_config(config: dict, *, grad_accum_steps: int, clip_grad: float | None,
-                          amp_enabled: bool, amp_dtype: torch.dtype) -> dict:
+                          amp_enabled: bool, amp_dtype: torch.dtype | None) -> dict:
     """Fill the DeepSpeed keys the trainer's own settings define, refusing contradictions.
 
     Raises:
@@ -74,28 +73,55 @@ def initialize_deepspeed(model: torch.nn.Module, optimizer: torch.optim.Optimize
     return engine, optimizer
 
 
-def deepspeed_step(trainer: "Trainer") -> None:
-    """One iteration through the DeepSpeed engine (it accumulates and steps at the boundary)."""
-    engine = trainer.deepspeed
-    engine.train()
-    data_time, loss_dicts, totals = 0.0, [], []
-    skipped_before = getattr(engine, "skipped_steps", 0)
-    from .trainer import sum_losses
+class DeepSpeedTrainer(SimpleTrainer):
+    """:class:`SimpleTrainer` whose forward, backward and step go through a DeepSpeed engine.
 
-    for _ in range(trainer.grad_accum_steps):
-        t0 = time.perf_counter()
-        batch = to_device(trainer._next_batch(), trainer.device)
-        data_time += time.perf_counter() - t0
-        loss_dict = engine(batch)
-        total = sum_losses(loss_dict)
-        engine.backward(total)  # DeepSpeed divides by gradient_accumulation_steps
-        engine.step()
-        loss_dicts.append(loss_dict)
-        totals.append(total.detach())
-    finite = trainer._all_ranks_true(bool(torch.isfinite(torch.stack(totals)).all()))
-    # DeepSpeed's fp16 optimizer skips overflowing (inf/NaN) steps itself
-    trainer.step_taken = finite and getattr(engine, "skipped_steps", 0) == skipped_before
-    grad_norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
-    grad_norm = float(grad_norm) if isinstance(grad_norm, (int, float, torch.Tensor)) else None
-    trainer._record_step(loss_dicts, totals, data_time, grad_norm)
-    trainer._track_nonfinite(finite, totals)
+    DeepSpeed owns loss scaling, gradient accumulation (its ``gradient_accumulation_steps`` is
+    ``grad_accum_steps``), clipping and the sharded optimizer step; the trainer keeps its hooks,
+    loader, lr schedule (written into ``optimizer``'s param groups), metrics and NaN guard.
+
+    Args:
+        model: the unwrapped model (DeepSpeed wraps it).
+        data_loader, optimizer: as :class:`SimpleTrainer`.
+        deepspeed_config: a DeepSpeed config dict (``train.deepspeed``); the keys the trainer's own
+            settings define are filled in by :func:`fill_deepspeed_config`.
+        precision: ``None`` (fp32) or ``"fp16"`` / ``"bf16"``: the DeepSpeed precision section
+            added when the config has none.
+        **kwargs: ``grad_accum_steps``, ``clip_grad``, ``max_nonfinite_steps``, ``device``.
+
+    ``engine`` is the DeepSpeed engine (also ``model``); it is checkpointed by the
+    :class:`~eva_core.engine.checkpointer.Checkpointer` given it as ``deepspeed_engine``.
+    """
+
+    def __init__(self, model: torch.nn.Module, data_loader: Any, optimizer: torch.optim.Optimizer, *,
+                 deepspeed_config: dict, precision: str | torch.dtype | None = None, **kwargs: Any):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        amp_dtype = resolve_amp_dtype(precision) if precision is not None else None
+        self.engine, self.optimizer = initialize_deepspeed(
+            model, optimizer, deepspeed_config, grad_accum_steps=self.grad_accum_steps,
+            clip_grad=self.clip_grad, amp_enabled=amp_dtype is not None, amp_dtype=amp_dtype)
+        self.model = self.engine
+
+    def run_step(self) -> None:
+        """One iteration through the DeepSpeed engine (it accumulates and steps at the boundary)."""
+        engine = self.engine
+        engine.train()
+        data_time, loss_dicts, totals = 0.0, [], []
+        skipped_before = getattr(engine, "skipped_steps", 0)
+        for _ in range(self.grad_accum_steps):
+            t0 = time.perf_counter()
+            batch = to_device(self._next_batch(), self.device)
+            data_time += time.perf_counter() - t0
+            loss_dict = engine(batch)
+            total = sum_losses(loss_dict)
+            engine.backward(total)  # DeepSpeed divides by gradient_accumulation_steps
+            engine.step()
+            loss_dicts.append(loss_dict)
+            totals.append(total.detach())
+        finite = self._all_ranks_true(bool(torch.isfinite(torch.stack(totals)).all()))
+        # DeepSpeed's fp16 optimizer skips overflowing (inf/NaN) steps itself
+        self.step_taken = finite and getattr(engine, "skipped_steps", 0) == skipped_before
+        grad_norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+        grad_norm = float(grad_norm) if isinstance(grad_norm, (int, float, torch.Tensor)) else None
+        self._write_metrics(loss_dicts, totals, data_time, grad_norm)
+        self._track_nonfinite(finite, totals)

@@ -1,13 +1,16 @@
-"""Command-line flags and per-process setup shared by every training script (detectron2 style)."""
+"""What every training script shares (detectron2's ``engine/defaults.py``): command-line flags,
+per-process setup, DDP / ZeRO wrapping, the default hooks, and the composition of a whole run
+from a LazyConfig (:func:`train_from_config`, :func:`build_eval_function`)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +19,9 @@ from eva_core.config import LazyConfig
 from eva_core.utils import comm
 from eva_core.utils.logging import setup_logger
 
-__all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "set_deterministic"]
+__all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "set_deterministic",
+           "create_ddp_model", "build_zero_optimizer", "default_hooks", "build_eval_function",
+           "train_from_config", "TrainResult"]
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -109,3 +114,134 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     # detectron2's default: autotuning pays off only when input shapes repeat
     torch.backends.cudnn.benchmark = benchmark
     return logger
+
+
+# ---------------------------------------------------------------------------------- wrapping
+def create_ddp_model(model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
+    """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (on this
+    rank's GPU when the model is on CUDA); return it unchanged otherwise."""
+    if comm.get_world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        ddp_kwargs = {"device_ids": [p.device.index], **ddp_kwargs}
+    return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def build_zero_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Re-create ``optimizer`` as a torch ``ZeroRedundancyOptimizer`` (ZeRO stage 1).
+
+    Param groups (with their ``lr_scale`` / ``weight_decay``) are kept; each rank stores the
+    optimizer state of its shard only.
+
+    Raises:
+        ValueError: the optimizer already has state.
+    """
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if len(optimizer.state) > 0:
+        raise ValueError("build_zero_optimizer needs a fresh optimizer (its state is not empty)")
+    groups = [dict(g) for g in optimizer.param_groups]
+    # ``defaults`` can hold derived entries the constructor does not take (AdamW's
+    # decoupled_weight_decay); the groups carry every value anyway
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **defaults)
+
+
+# ------------------------------------------------------------------------------------- hooks
+def default_hooks(cfg: Any, trainer: Any, checkpointer: Any, eval_fn: Callable[[], dict] | None = None, *,
+                  lr_scheduler: Any = None, ema: Any = None, tensorboard: bool = True) -> list:
+    """The hooks of a run described by ``cfg.train``, in the order they must run.
+
+    Iteration timer; lr logging and ``lr_scheduler`` steps; EMA updates (``ema``); periodic and
+    final checkpoints (``train.checkpointer.{period,format}``); evaluation with ``eval_fn`` every
+    ``train.eval_period`` iterations and after the last (skipped when ``eval_fn`` is None);
+    metrics to the console, ``metrics.json`` and TensorBoard every ``train.log_period``.
+    Checkpoints come before evaluation so a crash in evaluation never loses the weights, and
+    the writer comes last so a record holds the iteration's evaluation results.
+    """
+    from . import hooks
+    from .config_build import train_setting
+
+    max_iter = int(train_setting(cfg, "max_iter"))
+    ema_model = ema.module if ema is not None else None
+    return [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(trainer.optimizer, lr_scheduler),
+        hooks.EMAHook(ema, trainer.unwrapped_model) if ema is not None else None,
+        hooks.PeriodicCheckpointer(checkpointer, train_setting(cfg, "checkpointer.period", 0), max_iter,
+                                   final_weights_format=train_setting(cfg, "checkpointer.format", "pth"),
+                                   ema_model=ema_model),
+        hooks.EvalHook(train_setting(cfg, "eval_period", 0), eval_fn, max_iter) if eval_fn is not None else None,
+        hooks.PeriodicWriter(hooks.default_writers(train_setting(cfg, "output_dir"), max_iter, tensorboard),
+                             train_setting(cfg, "log_period", 20)),
+    ]
+
+
+# ------------------------------------------------------------------------------- composition
+def build_eval_function(cfg: Any, model: torch.nn.Module, ema: Any = None) -> Callable[[], dict] | None:
+    """The evaluation of a run: :func:`~eva_core.evaluation.inference_on_datasets` of ``model``
+    on ``dataloader.test`` with ``dataloader.evaluator`` (one set, or ``{name: ...}`` for several),
+    plus the EMA weights' results as ``ema/<name>``. The loaders and evaluators are built once,
+    here. Returns None when the config has no test loader or no evaluator.
+    """
+    from ..evaluation import inference_on_datasets
+    from .config_build import amp_dtype_for_eval, build_evaluators, build_test_loaders
+
+    loaders, evaluators = build_test_loaders(cfg), build_evaluators(cfg)
+    if loaders is None or evaluators is None:
+        return None
+    amp_dtype = amp_dtype_for_eval(cfg)
+
+    def evaluate() -> dict:
+        results = dict(inference_on_datasets(model, loaders, evaluators, amp_dtype=amp_dtype))
+        if ema is not None:
+            ema_results = inference_on_datasets(ema.module, loaders, evaluators, amp_dtype=amp_dtype)
+            results.update({f"ema/{k}": v for k, v in ema_results.items()})
+        return results
+
+    return evaluate
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train_from_config` returns."""
+
+    model: torch.nn.Module  #: the trained model (unwrapped)
+    trainer: Any  #: the trainer (its ``storage`` holds the last logged scalars)
+    results: dict  #: the last evaluation's results (``{}`` without a test set)
+
+
+def train_from_config(cfg: Any, *, resume: bool = False, extra_hooks: Sequence[Any] = (),
+                      tensorboard: bool = True) -> TrainResult:
+    """Train the run ``cfg`` describes, from ``train.init_checkpoint`` or (``resume``) from the
+    last checkpoint in ``train.output_dir``, evaluating every ``train.eval_period`` iterations.
+
+    Builds model, optimizer, train loader, trainer, lr schedule, EMA and checkpointer
+    (:mod:`eva_core.engine.config_build`), registers :func:`default_hooks` and then
+    ``extra_hooks``, and trains up to ``train.max_iter``.
+    """
+    from .config_build import (build_checkpointer, build_ema, build_lr_scheduler, build_model,
+                               build_optimizer, build_train_loader, build_trainer, train_setting)
+
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    trainer = build_trainer(cfg, model, optimizer, build_train_loader(cfg))
+    lr_scheduler = build_lr_scheduler(cfg, trainer.optimizer)
+    ema = build_ema(cfg, model)
+    checkpointer = build_checkpointer(cfg, trainer, lr_scheduler=lr_scheduler, ema=ema)
+    eval_fn = build_eval_function(cfg, model, ema)
+    hooks = default_hooks(cfg, trainer, checkpointer, eval_fn, lr_scheduler=lr_scheduler, ema=ema,
+                          tensorboard=tensorboard)
+    trainer.register_hooks([*hooks, *extra_hooks])
+    resumed = checkpointer.resume_or_load(train_setting(cfg, "init_checkpoint") or None, resume=resume)
+    if ema is not None and not resumed:
+        ema.set(model)  # the average starts from the loaded init weights, not the random ones
+    start_iter = int(resumed.get("iteration", -1)) + 1
+    trainer.train(start_iter, int(train_setting(cfg, "max_iter")))
+    from .hooks import EvalHook
+
+    eval_hook = next((h for h in hooks if isinstance(h, EvalHook)), None)
+    return TrainResult(model, trainer, eval_hook.last_results if eval_hook is not None else {})
