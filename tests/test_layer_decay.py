@@ -1,9 +1,12 @@
 """Layer-wise lr decay param groups: EVA/BEiT rule, weight-decay exemptions, timm agreement."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
+from timm.models.beit import Beit
 from timm.optim import param_groups_layer_decay as timm_groups
 
 import eva_core
@@ -40,18 +43,35 @@ def test_lr_scale_follows_the_eva_rule_and_exemptions():
     assert {g["lr_scale"] for g in param_groups_layer_decay(m, layer_decay=None)} == {1.0}
 
 
-def test_agrees_with_timm_param_groups_layer_decay():
-    m = encoder(use_rel_pos_bias=True)
+def timm_by_name(m, **kw):
+    """``{name: (lr_scale, weight_decay)}`` from timm's own layer-decay grouping of ``m``."""
+    ids = {id(p): n for n, p in m.named_parameters()}
+    ref_groups = timm_groups(m, no_weight_decay_list=m.no_weight_decay(), **kw)
+    return {ids[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in ref_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("kw", [dict(use_rel_pos_bias=True), dict(use_shared_rel_pos_bias=True),
+                                dict(use_shared_rel_pos_bias=True, global_pool="token")],
+                         ids=["per_block_rel_pos", "shared_rel_pos", "shared_rel_pos_final_norm"])
+def test_agrees_with_timm_param_groups_layer_decay(kw):
+    m = encoder(**kw)
     ours = by_name(param_groups_layer_decay(m, weight_decay=0.1, layer_decay=0.75))
-    ref_groups = timm_groups(m, weight_decay=0.1, layer_decay=0.75, no_weight_decay_list=m.no_weight_decay())
-    names = [n for n, _ in m.named_parameters()]
-    ref = {}
-    for g in ref_groups:
-        for p in g["params"]:
-            ref[names[[q is p for q in m.parameters()].index(True)]] = (g["lr_scale"], g["weight_decay"])
+    ref = timm_by_name(m, weight_decay=0.1, layer_decay=0.75)
     assert ours.keys() == ref.keys()
     for n in ours:
         assert ours[n][0] == pytest.approx(ref[n][0]) and ours[n][1] == ref[n][1], n
+
+
+def test_shared_rel_pos_bias_is_in_the_last_layer_as_in_beit_not_in_timms_beit_stem():
+    m = encoder(use_shared_rel_pos_bias=True)
+    name = "rel_pos_bias.relative_position_bias_table"
+    assert m.get_layer_id(name) == m.num_layers + 1
+    ours = by_name(param_groups_layer_decay(m, weight_decay=0.1, layer_decay=0.75))
+    assert ours[name] == (1.0, 0.0) and ours[name] == ours["head.bias"]  # lr scale of the head, no decay
+    assert timm_by_name(m, weight_decay=0.1, layer_decay=0.75)[name] == (1.0, 0.0)  # our group_matcher
+    # timm's Beit.group_matcher files the same table under the stem (the lowest lr scale)
+    stem = Beit.group_matcher(m)["stem"]
+    assert re.match(stem, name) and not re.match(m.group_matcher()["stem"], name)
 
 
 def test_wrapped_encoder_frozen_params_and_lazy_config_use():

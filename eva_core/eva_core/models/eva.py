@@ -439,16 +439,18 @@ class Eva(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for timm's layer-decay helpers (stem, one group per block, last group).
+        """Parameter groups for timm's layer-decay helpers: stem, one group per block, the rest last.
 
-        The shared ``rel_pos_bias`` table goes to the last group with the final norm, as in BEiT's
-        and EVA's own layer-decay rule (``get_layer_id``: ``L + 1``), so
-        ``timm.optim.param_groups_layer_decay`` and ``eva_core.optim.param_groups_layer_decay``
-        give it the same lr scale. timm's ``Beit.group_matcher`` puts it in the stem instead.
+        Everything the patterns leave out (final ``norm``, ``fc_norm``, ``head`` and the shared
+        ``rel_pos_bias`` table) lands in timm's trailing group, ``L + 1``, which is BEiT's and EVA's
+        layer-decay rule (:meth:`get_layer_id`), so ``timm.optim.param_groups_layer_decay`` and
+        ``eva_core.optim.param_groups_layer_decay`` agree. timm's own ``Beit`` / ``Eva`` matchers
+        differ: ``Beit`` files the shared table under the stem, and both merge the final ``norm``
+        into the last block (their ``(r"^norm", (99999,))`` entry).
         """
         return dict(
             stem=r"^cls_token|^mask_token|^pos_embed|^patch_embed",
-            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^rel_pos_bias", (99999,))],
+            blocks=[(r"^blocks\.(\d+)", None)],
         )
 
     @property

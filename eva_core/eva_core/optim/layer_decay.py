@@ -41,9 +41,10 @@ def param_groups_layer_decay(
 ) -> list[dict]:
     """Split trainable parameters into groups by (layer id, decay / no decay).
 
-    Layer ids follow the EVA rule: 0 for ``cls_token``/``mask_token``/``pos_embed``/``patch_embed``,
-    block ``i`` -> ``i + 1``, everything else (final norms, head, task heads outside the encoder)
-    ``L + 1``. Each group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` (1.0 without decay).
+    Layer ids follow the EVA rule (``docs/recipes/classification.md#layer-wise-lr-decay``): 0 for
+    ``cls_token``/``mask_token``/``pos_embed``/``patch_embed``, block ``i`` -> ``i + 1``, everything
+    else (final norms, head, a shared ``rel_pos_bias`` table, task heads outside the encoder)
+    ``L + 1``; the encoder's ``group_matcher()`` gives timm's helper the same grouping. Each group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` (1.0 without decay).
     1-D parameters, biases, the model's ``no_weight_decay()`` names and ``no_weight_decay_list``
     (names or shell patterns) get weight decay 0.
 
