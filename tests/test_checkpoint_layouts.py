@@ -365,3 +365,20 @@ def test_min_loaded_refuses_partial_loads_naming_the_file_and_the_first_missing_
         eva_core.load_checkpoint(model(num_classes=0), unrelated, min_loaded="encoder")
     with pytest.raises(ValueError, match="min_loaded=2"):
         eva_core.load_checkpoint(dst, path, min_loaded=2)
+
+
+def test_converter_cli_lists_layouts_and_converts_with_a_project_layout(tmp_path, capsys):
+    assert convert_checkpoint.main(["--import", "project_layout_fixture", "--list-layouts"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed][:2] == ["toy_video_project", "open_clip"]
+    import project_layout_fixture as project
+
+    src = model(num_classes=0)
+    path = tmp_path / "video.pth"
+    torch.save({"model": project.to_project_checkpoint(src.state_dict(), tubelet=4)}, path)
+    out = tmp_path / "image.safetensors"
+    assert convert_checkpoint.main([str(path), str(out), "--layout", project.LAYOUT]) == 0
+    assert f"layout {project.LAYOUT}" in capsys.readouterr().out
+    conv = eva_core.checkpoint.load_file(out)
+    torch.testing.assert_close(conv["patch_embed.proj.weight"], src.patch_embed.proj.weight)
+    assert conv.keys() == src.state_dict().keys()
