@@ -37,7 +37,8 @@ from torch.utils._pytree import tree_flatten
 
 __all__ = [
     "TrainingSetup", "MemoryReport", "Suggestion", "read_training_setup", "estimate_training_memory",
-    "suggest_fixes", "register_example_batch", "StorageTracker", "GiB",
+    "suggest_fixes", "format_suggestions", "register_example_batch", "example_batch", "build_meta_model",
+    "checkpointing_overrides", "StorageTracker", "GiB",
 ]
 
 GiB = 1024 ** 3
@@ -371,7 +372,12 @@ def _builtin_builders() -> None:
             _BATCH_BUILDERS.append((cls, fn))
 
 
-def _example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> dict:
+def example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> dict:
+    """One training batch of ``batch_size`` for ``model`` (see :func:`register_example_batch`).
+
+    Raises:
+        TypeError: no builder is registered for the model's type.
+    """
     _builtin_builders()
     for cls, fn in _BATCH_BUILDERS:
         if isinstance(model, cls):
@@ -515,7 +521,7 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
         frozen_tensors += list(teacher.parameters()) + list(teacher.buffers())
     gc_modules = [m for m in model.modules() if getattr(m, "grad_checkpointing", False)]
 
-    batch = _example_batch(model, cfg, setup.batch_per_gpu)
+    batch = example_batch(model, cfg, setup.batch_per_gpu)
     true_counts = {k: int(v.sum()) for k, v in batch.items()
                    if isinstance(v, torch.Tensor) and v.dtype == torch.bool}
     opt_cfg = copy.deepcopy(cfg.optimizer)
