@@ -19,7 +19,8 @@ def detect(sd: dict[str, torch.Tensor]) -> bool:
     return "net.tubelet_embed.weight" in sd
 
 
-@register_layout(LAYOUT, detect=detect, priority=50, description="toy video project: net.layers.N, tubelet_embed")
+@register_layout(LAYOUT, detect=detect, priority=50,
+                 description="toy video project: net.layers.N, tubelet_embed")
 def convert(sd: dict[str, torch.Tensor], ctx: LayoutContext) -> dict[str, torch.Tensor]:
     """Project names -> eva_core names; the 3-D kernel is collapsed over time for an image encoder."""
     renamed = {}

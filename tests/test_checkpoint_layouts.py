@@ -52,7 +52,8 @@ def test_mim_file_into_mim_encoder_keeps_mask_token_and_norm():
     sd = mim_state_dict()
     enc = model(num_classes=0, use_mask_token=True, use_fc_norm=False, global_pool="token")
     report = eva_core.load_checkpoint(enc, {"module": sd})
-    assert report.dropped == ["lm_head.bias", "lm_head.weight"] and report.ok  # lm_head lives in the MIM model
+    assert report.ok
+    assert report.dropped == ["lm_head.bias", "lm_head.weight"]  # lm_head lives in the MIM model
     torch.testing.assert_close(enc.mask_token, sd["mask_token"])
     torch.testing.assert_close(enc.norm.weight, sd["norm.weight"])
 
@@ -130,7 +131,8 @@ def test_patch14_to_16_on_load_and_with_the_converter_cli(tmp_path):
     src = model(patch_size=14, img_size=56, num_classes=0)  # 4x4 grid
     path = tmp_path / "eva_psz14.pt"
     torch.save({"model": src.state_dict()}, path)
-    want_w = resample_patch_embed(src.patch_embed.proj.weight, [16, 16], interpolation="bicubic", antialias=True)
+    want_w = resample_patch_embed(src.patch_embed.proj.weight, [16, 16], interpolation="bicubic",
+                                  antialias=True)
     want_pos = resample_abs_pos_embed(src.pos_embed, [3, 3], [4, 4], num_prefix_tokens=1)
 
     dst = model(patch_size=16, img_size=48, num_classes=0)  # 3x3 grid
@@ -154,7 +156,8 @@ def test_converter_rejects_bad_arguments_and_pickled_code(tmp_path, capsys):
     path = tmp_path / "m.pt"
     torch.save({"model": model(patch_size=14, img_size=56).state_dict()}, path)
     with pytest.raises(ValueError, match="img_size 50 is not a multiple of patch size 16"):
-        convert_checkpoint.main([str(path), str(tmp_path / "o.pth"), "--patch-size", "16", "--img-size", "50"])
+        convert_checkpoint.main([str(path), str(tmp_path / "o.pth"), "--patch-size", "16",
+                                 "--img-size", "50"])
 
     class Evil:
         def __reduce__(self):
@@ -266,11 +269,13 @@ def test_detection_takes_the_highest_priority_then_the_highest_score():
         return dict(sd)
 
     try:
-        layouts.register_layout("scored_low", detect=lambda sd: 0.2 if "x.w" in sd else 0, convert=keep, priority=40)
+        layouts.register_layout("scored_low", detect=lambda sd: 0.2 if "x.w" in sd else 0, convert=keep,
+                                priority=40)
         layouts.register_layout("scored_high", detect=lambda sd: 0.9 if "x.w" in sd else 0, convert=keep,
                                 priority=40)
         assert detect_layout({"x.w": torch.zeros(1)}) == "scored_high"
-        assert detect_layout({"blocks.0.norm1.weight": torch.zeros(1)}) == "eva"  # detect() 0: not a candidate
+        # detect() returning 0 takes a layout out of the running
+        assert detect_layout({"blocks.0.norm1.weight": torch.zeros(1)}) == "eva"
         layouts.register_layout("scored_low", detect=lambda sd: True, convert=keep, priority=45, replace=True)
         assert detect_layout({"x.w": torch.zeros(1)}) == "scored_low"
     finally:
@@ -286,13 +291,15 @@ def test_a_project_layout_registered_outside_eva_core_loads_a_video_checkpoint_i
     path = tmp_path / "toy_video_project.pth"
     torch.save({"model_ema": project.to_project_checkpoint(src.state_dict(), tubelet=2)}, path)
     saved = torch.load(path)["model_ema"]
-    assert saved["net.tubelet_embed.weight"].shape == (48, 3, 2, 4, 4) and "net.layers.1.attn.qkv.weight" in saved
+    assert saved["net.tubelet_embed.weight"].shape == (48, 3, 2, 4, 4)
+    assert "net.layers.1.attn.qkv.weight" in saved
 
     dst = model(num_classes=0)
     report = eva_core.load_checkpoint(dst, path, min_loaded=1.0)
     assert report.layout == project.LAYOUT and f"layout {project.LAYOUT}" in str(report)
     assert report.ok and len(report.loaded) == report.total == len(src.state_dict())
-    assert "net.patch_embed.proj.weight: tubelet kernel of 2 frames collapsed to an image kernel" in report.notes
+    collapsed = "net.patch_embed.proj.weight: tubelet kernel of 2 frames collapsed to an image kernel"
+    assert collapsed in report.notes
     assert "1 keys outside prefix 'net.' ignored" in report.notes  # the project's own video head
     torch.testing.assert_close(dst.patch_embed.proj.weight, src.patch_embed.proj.weight)
     x = torch.randn(2, 3, 32, 32)
@@ -321,7 +328,8 @@ def test_training_checkpoint_of_a_wrapper_loads_into_the_bare_encoder_and_back(t
     deep = {"student.net." + k: v for k, v in clf.net.state_dict().items()}
     deep["teacher_proj.weight"] = torch.randn(3, 3)
     report = eva_core.load_checkpoint(model(num_classes=5), deep)
-    assert report.prefix == "student.net." and report.ok and "1 keys outside 'student.net.' ignored" in report.notes
+    assert report.prefix == "student.net." and report.ok
+    assert "1 keys outside 'student.net.' ignored" in report.notes
     # the bare encoder's file into the wrapper
     other = _Classifier(num_classes=5)
     report = eva_core.load_checkpoint(other, bare.state_dict(), strict=True)
@@ -338,7 +346,8 @@ def test_load_report_is_one_log_line_with_counts_and_names():
     assert line.startswith("<state_dict>: layout eva_mim, ")
     assert f"loaded {n - 2}/{n} tensors" in line and report.loaded_fraction == pytest.approx((n - 2) / n)
     assert "missing (2): ['head.bias', 'head.weight']" in line and "unexpected (0)" in line
-    assert "mismatched (0)" in line and "dropped (3): ['lm_head.bias', 'lm_head.weight', 'mask_token']" in line
+    assert "mismatched (0)" in line
+    assert "dropped (3): ['lm_head.bias', 'lm_head.weight', 'mask_token']" in line
     assert "notes: norm.* renamed to fc_norm.*" in line
 
 
@@ -348,11 +357,12 @@ def test_min_loaded_refuses_partial_loads_naming_the_file_and_the_first_missing_
     path = save_atomic(partial, tmp_path / "partial.safetensors")
     dst = model(num_classes=0)
     before = dst.blocks[0].attn.qkv.weight.clone()
-    with pytest.raises(CheckpointMismatchError, match=r"partial.safetensors: loaded \d+/\d+ tensors of Eva .* first "
-                                                      r"missing: \['blocks.1.attn.proj.bias'"):
+    with pytest.raises(CheckpointMismatchError, match=r"partial.safetensors: loaded \d+/\d+ tensors of Eva "
+                                                      r".* first missing: \['blocks.1.attn.proj.bias'"):
         eva_core.load_checkpoint(dst, path, min_loaded=1.0)
     assert torch.equal(dst.blocks[0].attn.qkv.weight, before)  # a refused load changes nothing
-    with pytest.raises(CheckpointMismatchError, match=r"encoder tensors of Eva not loaded \(min_loaded='encoder'\)"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"encoder tensors of Eva not loaded \(min_loaded='encoder'\)"):
         eva_core.load_checkpoint(dst, path, min_loaded="encoder")
     assert eva_core.load_checkpoint(dst, path, min_loaded=0.5).loaded_fraction > 0.5
     assert len(eva_core.load_checkpoint(dst, path).missing) > 0  # the default stays non-strict

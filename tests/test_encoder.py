@@ -55,6 +55,9 @@ def test_registry_rejects_unknown_names_and_arguments_and_offline_pretrained():
         eva_core.create_model("eva_tiny_patch16_224", embed_dims=8)
     with pytest.raises(ValueError, match="checkpoint_path"):
         eva_core.create_model("eva_tiny_patch16_224", pretrained=True)
+    # the model package builds, the top-level create_model loads: models/ never imports checkpoint/
+    with pytest.raises(ValueError, match=r"eva_core.create_model\(\.\.\., checkpoint_path=PATH\)"):
+        eva_core.models.create_model("eva_tiny_patch16_224", checkpoint_path="w.safetensors")
     assert eva_core.list_models("eva_giant_patch14_*") == [
         "eva_giant_patch14_224", "eva_giant_patch14_336", "eva_giant_patch14_560",
         "eva_giant_patch14_clip_224", "eva_giant_patch14_mim_224"]
@@ -68,11 +71,13 @@ def test_eva_giant_on_meta_has_the_reference_parameter_counts():
         cls = eva_core.create_model("eva_giant_patch14_224")
         ref = timm.create_model("eva_giant_patch14_224", pretrained=False)
     n_mim = sum(p.numel() for p in mim.parameters())
-    # the MIM pre-training model adds lm_head 1408 -> 768 to the encoder (docs/recipes/encoder.md#parameter-counts)
+    # the MIM pre-training model adds lm_head 1408 -> 768 to the encoder
+    # (docs/recipes/encoder.md#parameter-counts)
     assert n_mim + 1408 * 768 + 768 == 1_012_229_632
     assert mim.blocks[0].attn.qkv.weight.shape == (4224, 1408) and mim.blocks[0].mlp.fc1.out_features == 6144
     assert sum(p.numel() for p in cls.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert {k: v.shape for k, v in cls.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    shapes = {k: v.shape for k, v in cls.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in ref.state_dict().items()}
 
 
 def test_timm_api_heads_pooling_and_reset_classifier():
@@ -111,7 +116,8 @@ def test_reference_init_truncated_normal_and_depth_scaled_projections():
     for i, blk in enumerate(m.blocks, start=1):
         for w in (blk.attn.proj.weight, blk.mlp.fc2.weight):
             assert abs(w.std().item() * math.sqrt(2 * i) - 0.015) < 0.0015
-    assert torch.count_nonzero(m.blocks[0].attn.q_bias) == 0 and torch.equal(m.blocks[0].norm1.weight, torch.ones(192))
+    assert torch.count_nonzero(m.blocks[0].attn.q_bias) == 0
+    assert torch.equal(m.blocks[0].norm1.weight, torch.ones(192))
     assert abs(m.pos_embed.std().item() - 0.015) < 0.002
     assert abs(m.head.weight.std().item() - 0.015 * 0.001) < 0.0015 * 0.001  # head_init_scale
 
@@ -152,7 +158,8 @@ def test_dynamic_image_size_resizes_position_grid_bicubically():
     x = torch.randn(1, 3, 48, 40)
     assert m.forward_features(x).shape == (1, 1 + 12 * 10, 48)
     pos = m.resized_pos_embed((12, 10))
-    torch.testing.assert_close(pos, resample_abs_pos_embed(m.pos_embed, [12, 10], [8, 8], num_prefix_tokens=1))
+    ref = resample_abs_pos_embed(m.pos_embed, [12, 10], [8, 8], num_prefix_tokens=1)
+    torch.testing.assert_close(pos, ref)
     assert m.resized_pos_embed((8, 8)) is m.pos_embed  # native size: the stored table itself
     with pytest.raises(ValueError, match="multiple of the patch size"):
         m.forward_features(torch.randn(1, 3, 30, 32))
@@ -201,7 +208,8 @@ def test_grad_checkpointing_is_a_constructor_switch_used_in_training_only(monkey
 
 
 # ----------------------------------------------------------------------------- attention backends
-@pytest.mark.parametrize("variant", ["plain", "beit_rel_pos", "decomposed_rel_pos", "bool_mask", "float_mask"])
+@pytest.mark.parametrize("variant",
+                         ["plain", "beit_rel_pos", "decomposed_rel_pos", "bool_mask", "float_mask"])
 def test_sdpa_and_math_attention_agree(variant):
     kw = dict(dim=48, num_heads=3, num_prefix_tokens=1)
     if variant == "beit_rel_pos":
@@ -273,7 +281,8 @@ def test_beit_relative_position_bias_matches_timm_beit():
 
     cfg = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3, num_classes=5, init_values=0.1)
     for shared in (False, True):
-        ref = Beit(**cfg, use_abs_pos_emb=True, use_rel_pos_bias=not shared, use_shared_rel_pos_bias=shared).eval()
+        ref = Beit(**cfg, use_abs_pos_emb=True, use_rel_pos_bias=not shared,
+                   use_shared_rel_pos_bias=shared).eval()
         ours = eva_core.create_model("eva_tiny_patch16_224", **cfg, use_rel_pos_bias=not shared,
                                      use_shared_rel_pos_bias=shared).eval()
         sd = ref.state_dict()

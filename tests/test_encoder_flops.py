@@ -24,7 +24,8 @@ def test_eva_giant_params_and_gmacs_at_224_without_allocating_weights(capsys):
 @pytest.mark.parametrize("kw", [
     dict(),
     dict(num_classes=0, global_pool="token", attn_inner_norm=True, mlp_norm=True),
-    dict(class_token=False, pos_embed_cls_slot=True, use_rel_pos=True, window_size=3, window_block_indexes=[0],
+    dict(class_token=False, pos_embed_cls_slot=True, use_rel_pos=True, window_size=3,
+         window_block_indexes=[0],
          global_pool="", num_classes=0),
 ], ids=["avg_head", "clip_token", "windowed_rel_pos"])
 def test_analytic_count_equals_fvcore_trace_with_attention(kw):

@@ -19,7 +19,8 @@ def _timm_eva(img_size: int, **kw) -> TimmEva:
 @pytest.mark.parametrize("global_pool", ["avg", "token"])
 def test_forward_features_match_timm_eva_at_native_and_resized_resolution(global_pool):
     ref = _timm_eva(32, num_classes=10, global_pool=global_pool)
-    ours = eva_core.create_model("eva_giant_patch14_224", img_size=32, num_classes=10, global_pool=global_pool,
+    ours = eva_core.create_model("eva_giant_patch14_224", img_size=32, num_classes=10,
+                                 global_pool=global_pool,
                                  **EVA01).eval()
     with torch.no_grad():
         for n, p in ref.named_parameters():

@@ -85,7 +85,8 @@ def test_wrapped_encoder_frozen_params_and_lazy_config_use():
     c.encoder.patch_embed.requires_grad_(False)  # EVA freezes the patch embedding when fine-tuning
     got = by_name(param_groups_layer_decay(c, layer_decay=0.9))
     assert "encoder.patch_embed.proj.weight" not in got
-    assert got["encoder.pos_embed"] == (pytest.approx(0.9 ** 4), 0.0)  # no_weight_decay() seen through the wrapper
+    # no_weight_decay() is seen through the wrapper
+    assert got["encoder.pos_embed"] == (pytest.approx(0.9 ** 4), 0.0)
     assert got["encoder.blocks.1.mlp.fc1.weight"][0] == pytest.approx(0.9 ** 2)
     assert got["extra_head.weight"] == (1.0, 0.05)
 

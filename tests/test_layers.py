@@ -1,4 +1,4 @@
-"""eva_core.layers: each block agrees with timm where timm has it, and the differences are the documented ones."""
+"""eva_core.layers: each block agrees with timm where timm has it; the differences are the documented ones."""
 from __future__ import annotations
 
 import pytest
@@ -58,8 +58,8 @@ def test_video_table_resize_is_bilinear_per_frame_when_frames_stay_and_linear_in
     assert out.shape == (1, 1 + t * 6 * 5, c) and torch.equal(out[:, :1], pos[:, :1])
     frames = pos[:, 1:].reshape(1, t, h * w, c)
     for i in range(t):
-        ref = resample_abs_pos_embed(frames[:, i], [6, 5], [h, w], num_prefix_tokens=0, interpolation="bilinear",
-                                     antialias=False)
+        ref = resample_abs_pos_embed(frames[:, i], [6, 5], [h, w], num_prefix_tokens=0,
+                                     interpolation="bilinear", antialias=False)
         torch.testing.assert_close(out[:, 1 + 30 * i: 1 + 30 * (i + 1)], ref)
     # only the temporal axis changes: a 1-D linear resample of every (h, w, c) series
     longer = layers.resample_abs_pos_embed_3d(pos, (5, h, w), (t, h, w), num_prefix_tokens=1)
@@ -107,8 +107,8 @@ def test_window_partition_matches_timm_sam_and_unpartition_restores_the_grid(hw)
 @pytest.mark.parametrize("q_size,k_size,rows", [(5, 5, 9), (8, 8, 9), (4, 8, 15)])
 def test_get_rel_pos_matches_timm_in_fp32_including_resize(q_size, k_size, rows):
     table = torch.randn(rows, 8)
-    torch.testing.assert_close(layers.get_rel_pos(q_size, k_size, table), sam.get_rel_pos(q_size, k_size, table),
-                               rtol=1e-6, atol=1e-6)
+    ours = layers.get_rel_pos(q_size, k_size, table)
+    torch.testing.assert_close(ours, sam.get_rel_pos(q_size, k_size, table), rtol=1e-6, atol=1e-6)
 
 
 def test_get_rel_pos_resizes_low_precision_tables_in_fp32_unlike_timm():
@@ -173,12 +173,14 @@ def test_attention_kernels_agree_and_auto_xformers_falls_back_to_sdpa_off_cuda()
     bias = torch.randn(1, 3, 10, 10)
     scale = 8 ** -0.5
     ref = attn_mod.attention_fn("math")(q, k, v, bias, 0.0, scale)
-    torch.testing.assert_close(attn_mod.attention_fn("sdpa")(q, k, v, bias, 0.0, scale), ref, rtol=1e-5, atol=1e-5)
+    sdpa = attn_mod.attention_fn("sdpa")(q, k, v, bias, 0.0, scale)
+    torch.testing.assert_close(sdpa, ref, rtol=1e-5, atol=1e-5)
     fallback = attn_mod.attention_fn("xformers", forced=False)  # what "auto" picks on a CUDA machine
     torch.testing.assert_close(fallback(q, k, v, bias, 0.0, scale), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no attention kernel named 'flash'"):
         attn_mod.attention_fn("flash")
-    assert layers.as_additive_mask(torch.tensor([True, False]), torch.float32).tolist() == [0.0, float("-inf")]
+    additive = layers.as_additive_mask(torch.tensor([True, False]), torch.float32)
+    assert additive.tolist() == [0.0, float("-inf")]
 
 
 def test_auto_resolves_to_sdpa_without_cuda_and_to_xformers_only_without_own_bias(monkeypatch):

@@ -16,7 +16,8 @@ Examples::
     python tools/convert_checkpoint.py eva_psz14.pt out.safetensors --verify eva_giant_patch14_mim_224
 
     # a layout a project registered (importable module that calls eva_core.checkpoint.register_layout)
-    python tools/convert_checkpoint.py video.pth image.safetensors --import my_project.layouts --layout my_video
+    python tools/convert_checkpoint.py video.pth image.safetensors \\
+        --import my_project.layouts --layout my_video
 
 Layouts read: every registered one (``--list-layouts``): ours / timm ``Eva``, EVA-01 MIM and
 fine-tuned files, EVA-CLIP (``visual.``), open_clip timm trunks (``visual.trunk.``), detectron2 ViTDet

@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("model", help="registered name (see eva_core.list_models())")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, help="input size (H [W]); default: the model's")
+    p.add_argument("--img-size", type=int, nargs="+", default=None,
+                   help="input size (H [W]); default: the model's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="constructor override")
     p.add_argument("--fvcore", action="store_true", help="also build the real model and trace it with fvcore")
     args = p.parse_args(argv)

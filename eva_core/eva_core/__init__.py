@@ -31,8 +31,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     from .models import registry
 
     if pretrained and checkpoint_path is None:
-        raise ValueError(f"create_model({name!r}, pretrained=True) needs checkpoint_path=...: weights cannot be "
-                         "downloaded; convert a released file with tools/convert_checkpoint.py")
+        raise ValueError(f"create_model({name!r}, pretrained=True) needs checkpoint_path=...: weights "
+                         "cannot be downloaded; convert a released file with tools/convert_checkpoint.py")
     model = registry.create_model(name, **overrides)
     if checkpoint_path is not None:
         from .checkpoint.loader import load_checkpoint as _load

@@ -100,7 +100,8 @@ def load_file(path: str | os.PathLike, *, allow_pickle: bool = False, map_locati
             "trust it."
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointFormatError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointFormatError(
+            f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from e
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -1,6 +1,7 @@
 """Checkpoint key layouts as a registry: each layout is a ``detect`` / ``convert`` pair of pure functions.
 
-A layout maps the keys of an unwrapped state dict to ours (``docs/recipes/encoder.md#checkpoint-key-layouts``):
+A layout maps the keys of an unwrapped state dict to ours
+(``docs/recipes/encoder.md#checkpoint-key-layouts``):
 
 * ``detect(state_dict) -> bool | float``: does this file look like the layout (a number is a score);
 * ``convert(state_dict, ctx) -> state_dict``: the same tensors under our names (no resampling: the
@@ -161,7 +162,9 @@ def list_layouts() -> list[str]:
     return [lay.name for lay in sorted(_LAYOUTS.values(), key=lambda lay: -lay.priority)]
 
 
-def unwrap_state_dict(obj: Any, *, use_ema: bool = True, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    obj: Any, *, use_ema: bool = True, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Return the flat ``{name: tensor}`` dict inside a checkpoint object.
 
     The one place that knows checkpoint wrappers (:data:`WRAPPER_KEYS`: ``model_ema``, ``model``,
@@ -197,7 +200,8 @@ def _score(layout: Layout, sd: Mapping[str, torch.Tensor]) -> float:
     try:
         return float(layout.detect(sd))
     except Exception as e:  # a project's detect must not hide which layout broke
-        raise RuntimeError(f"checkpoint layout {layout.name!r}: detect() raised {type(e).__name__}: {e}") from e
+        raise RuntimeError(
+            f"checkpoint layout {layout.name!r}: detect() raised {type(e).__name__}: {e}") from e
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
@@ -217,7 +221,9 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     return best[2]
 
 
-def rename_to_eva_keys(sd: Mapping[str, torch.Tensor], prefix: str, ctx: LayoutContext) -> dict[str, torch.Tensor]:
+def rename_to_eva_keys(
+    sd: Mapping[str, torch.Tensor], prefix: str, ctx: LayoutContext
+) -> dict[str, torch.Tensor]:
     """Strip ``prefix`` and apply the renames every EVA layout shares (a building block for layouts).
 
     EVA-CLIP's ``inner_attn_ln`` / ``ffn_ln`` become ``attn.norm`` / ``mlp.norm``; recomputed buffers
@@ -252,7 +258,7 @@ def rename_to_eva_keys(sd: Mapping[str, torch.Tensor], prefix: str, ctx: LayoutC
 
 def _has_encoder_under(prefix: str) -> Callable[[Mapping[str, torch.Tensor]], bool]:
     def detect(sd: Mapping[str, torch.Tensor]) -> bool:
-        return any(k.startswith(prefix + "blocks.") or k == prefix + "pos_embed" or k.startswith(prefix + "patch_embed.")
+        return any(k.startswith((prefix + "blocks.", prefix + "patch_embed.")) or k == prefix + "pos_embed"
                    for k in sd)
 
     return detect
@@ -372,7 +378,8 @@ def convert_state_dict(
         w = sd.get("patch_embed.proj.weight")
         p = patch_size or (w.shape[-1] if w is not None else None)
         if p is None:
-            raise ValueError("img_size given but the checkpoint has no patch_embed.proj.weight and no patch_size")
+            raise ValueError("img_size given but the checkpoint has no patch_embed.proj.weight and no "
+                             "patch_size")
         if img_size % p:
             raise ValueError(f"img_size {img_size} is not a multiple of patch size {p}")
         grid = (img_size // p, img_size // p)

@@ -99,7 +99,9 @@ def _model_grid(model: nn.Module) -> tuple[int, int] | None:
     return tuple(pe.grid_size) if pe is not None and hasattr(pe, "grid_size") else None
 
 
-def _adapt_pos_embed(v: torch.Tensor, target: torch.Tensor, model: nn.Module, notes: list[str]) -> torch.Tensor:
+def _adapt_pos_embed(
+    v: torch.Tensor, target: torch.Tensor, model: nn.Module, notes: list[str]
+) -> torch.Tensor:
     """Resample the grid to the model's and add / drop the CLS slot."""
     src_prefix, src_grid = split_pos_embed_grid(v, "checkpoint pos_embed")
     grid = _model_grid(model)
@@ -310,13 +312,13 @@ def load_checkpoint(
     if strict and not report.ok:
         raise CheckpointMismatchError(
             f"{source}: checkpoint does not match {type(model).__name__} (strict=True): {report}")
-    _check_min_loaded(report, min_loaded, model, encoder, enc_keys, wrapper_name)
+    _check_min_loaded(report, min_loaded, model, enc_keys, wrapper_name)
     model.load_state_dict({k: full[k] for k in report.loaded}, strict=False)
     return report
 
 
-def _check_min_loaded(report: LoadReport, min_loaded: float | str | None, model: nn.Module, encoder: nn.Module,
-                      enc_keys, wrapper_name) -> None:
+def _check_min_loaded(report: LoadReport, min_loaded: float | str | None, model: nn.Module, enc_keys,
+                      wrapper_name) -> None:
     """Raise :class:`CheckpointMismatchError` when fewer tensors loaded than ``min_loaded`` asks."""
     if min_loaded is None:
         return
@@ -327,8 +329,8 @@ def _check_min_loaded(report: LoadReport, min_loaded: float | str | None, model:
         absent = [k for k in need if k not in loaded]
         if absent:
             raise CheckpointMismatchError(
-                f"{report.source}: {len(absent)} of {len(need)} encoder tensors of {type(model).__name__} not "
-                f"loaded (min_loaded='encoder'), first missing: {_preview(absent, 5)}; {report}")
+                f"{report.source}: {len(absent)} of {len(need)} encoder tensors of {type(model).__name__} "
+                f"not loaded (min_loaded='encoder'), first missing: {_preview(absent, 5)}; {report}")
         return
     if report.loaded_fraction < float(min_loaded):
         absent = sorted(k for k in model.state_dict() if k not in loaded)
@@ -354,7 +356,7 @@ def find_encoder(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def find_source_prefix(sd: Mapping[str, torch.Tensor], enc_keys, enc_prefix: str = "") -> str:
-    """The key prefix under which ``sd`` holds the encoder's weights (``""``, ``"net."``, ``"backbone.net."``...).
+    """The key prefix under which ``sd`` holds the encoder's weights (``""``, ``"net."``, ``"student.net."``).
 
     Each checkpoint key votes for every prefix whose removal leaves an encoder key; the prefix with
     most votes wins (ties: the model's own encoder prefix, then none, then the first seen). This is

@@ -19,8 +19,9 @@ ATTN_IMPLS = ("auto", "sdpa", "xformers", "math")
 #: Environment variable that overrides ``attn_impl="auto"`` (e.g. ``EVA_ATTN_IMPL=math`` for debugging).
 ATTN_IMPL_ENV = "EVA_ATTN_IMPL"
 
-#: ``fn(q, k, v, bias, dropout_p, scale)`` with q/k/v ``[B, heads, N, head_dim]`` -> ``[B, heads, N, head_dim]``
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float, float], torch.Tensor]
+#: ``fn(q, k, v, bias, dropout_p, scale)``, q/k/v ``[B, heads, N, head_dim]`` -> ``[B, heads, N, head_dim]``
+AttentionFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float, float], torch.Tensor]
 
 
 def _xformers_ops():
@@ -31,7 +32,9 @@ def _xformers_ops():
     return xops
 
 
-def resolve_attn_impl(attn_impl: str, device: torch.device | str | None = None, has_bias: bool = False) -> str:
+def resolve_attn_impl(
+    attn_impl: str, device: torch.device | str | None = None, has_bias: bool = False
+) -> str:
     """Name of the kernel ``attn_impl`` stands for.
 
     ``"auto"`` (overridable by ``EVA_ATTN_IMPL``) selects xformers' memory-efficient kernel when
@@ -57,7 +60,8 @@ def resolve_attn_impl(attn_impl: str, device: torch.device | str | None = None, 
         if _xformers_ops() is None:
             raise RuntimeError("attn_impl='xformers' but xformers is not installed (pip install xformers)")
         if device.type != "cuda":
-            raise RuntimeError(f"attn_impl='xformers' needs CUDA tensors, got device {device}; use 'sdpa' or 'math'")
+            raise RuntimeError(f"attn_impl='xformers' needs CUDA tensors, got device {device}; "
+                               "use 'sdpa' or 'math'")
     return attn_impl
 
 

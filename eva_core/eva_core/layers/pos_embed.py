@@ -80,7 +80,9 @@ def resample_pos_embed_grid(
         interpolation=interpolation, antialias=antialias)
 
 
-def inflate_pos_embed_to_video(pos_embed: torch.Tensor, num_frames: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+def inflate_pos_embed_to_video(
+    pos_embed: torch.Tensor, num_frames: int, num_prefix_tokens: int = 1
+) -> torch.Tensor:
     """Image table ``[1, P + H*W, C]`` -> video table ``[1, P + T*H*W, C]``, the grid repeated per frame.
 
     This is how EVA's video model starts from the image encoder: every frame sees the image

@@ -1,4 +1,4 @@
-"""Decomposed relative positions (MViTv2 / ViTDet ``rel_pos_h`` and ``rel_pos_w``, shape ``(2S-1, head_dim)``).
+"""Decomposed relative positions (MViTv2 / ViTDet ``rel_pos_h`` / ``rel_pos_w``, ``(2S-1, head_dim)``).
 
 The lookup and the two einsums are timm's SAM functions (``get_rel_pos``,
 ``get_decomposed_rel_pos_bias``). Ours differs in one step: when a table must be resized to another
@@ -19,7 +19,7 @@ __all__ = ["resample_rel_pos", "get_rel_pos", "decomposed_rel_pos_bias", "add_de
 
 
 def resample_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resize a table ``(L, head_dim)`` to ``(length, head_dim)``, in fp32 (timm's resize is in the table dtype)."""
+    """Linearly resize a table ``(L, head_dim)`` to ``(length, head_dim)``, in fp32 (timm: table dtype)."""
     if rel_pos.shape[0] == length:
         return rel_pos
     out = F.interpolate(rel_pos.float().t().unsqueeze(0), size=length, mode="linear")
@@ -69,7 +69,7 @@ def add_decomposed_rel_pos(
     q_size: Sequence[int],
     k_size: Sequence[int],
 ) -> torch.Tensor:
-    """detectron2's ``add_decomposed_rel_pos``: ``attn [B, Hq*Wq, Hk*Wk] + bias`` for queries ``q [B, Hq*Wq, C]``.
+    """detectron2's ``add_decomposed_rel_pos``: ``attn [B, Hq*Wq, Hk*Wk] + bias`` for ``q [B, Hq*Wq, C]``.
 
     ``B`` may fold the heads in (``batch * heads``), as in detectron2 and SAM.
     """

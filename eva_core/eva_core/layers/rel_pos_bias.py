@@ -23,7 +23,9 @@ def rel_pos_table_size(window: Sequence[int], class_token: bool) -> int:
     return (2 * window[0] - 1) * (2 * window[1] - 1) + (3 if class_token else 0)
 
 
-def resize_bias_table(table: torch.Tensor, old: Sequence[int], new: Sequence[int], class_token: bool) -> torch.Tensor:
+def resize_bias_table(
+    table: torch.Tensor, old: Sequence[int], new: Sequence[int], class_token: bool
+) -> torch.Tensor:
     """Bicubically resize the spatial rows of a BEiT table from window ``old`` to ``new`` (fp32 math).
 
     Square ``old`` windows go through timm's ``resize_rel_pos_bias_table_simple``; ours handles
@@ -34,7 +36,8 @@ def resize_bias_table(table: torch.Tensor, old: Sequence[int], new: Sequence[int
         return table
     extra = 3 if class_token else 0
     if table.shape[0] != rel_pos_table_size(old, class_token):
-        raise ValueError(f"bias table has {table.shape[0]} rows, expected {rel_pos_table_size(old, class_token)} "
+        raise ValueError(f"bias table has {table.shape[0]} rows, expected "
+                         f"{rel_pos_table_size(old, class_token)} "
                          f"for window {old}{' + 3 CLS rows' if class_token else ''}")
     if old[0] == old[1]:
         shape = (rel_pos_table_size(new, class_token), table.shape[1])

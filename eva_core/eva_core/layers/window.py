@@ -13,12 +13,14 @@ __all__ = ["window_partition", "window_unpartition"]
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``[B, H, W, C]`` -> (``[B*nW, window*window, C]``, padded ``(Hp, Wp)``); H, W zero-padded to multiples."""
+    """``[B, H, W, C]`` -> (``[B*nW, window*window, C]``, padded ``(Hp, Wp)``), zero-padding H and W."""
     windows, padded = _sam_window_partition(x, window)
     return windows.reshape(windows.shape[0], window * window, windows.shape[-1]), padded
 
 
-def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: ``[B*nW, window*window, C]`` -> ``[B, H, W, C]`` (padding removed)."""
+def window_unpartition(
+    x: torch.Tensor, window: int, padded: tuple[int, int], grid: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``[B*nW, window*window, C]`` -> ``[B, H, W, C]``, unpadded."""
     windows = x.reshape(x.shape[0], window, window, x.shape[-1])
     return _sam_window_unpartition(windows, window, tuple(grid), tuple(padded))

@@ -94,7 +94,8 @@ class EvaAttention(nn.Module):
         if use_rel_pos:
             if rel_pos_input_size is None:
                 raise ValueError("use_rel_pos=True needs rel_pos_input_size=(H, W)")
-            # zero init: the ViTDet recipe starts from "no relative position" (docs/recipes/detection.md#backbone)
+            # zero init: the ViTDet recipe starts from "no relative position"
+            # (docs/recipes/detection.md#backbone)
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_input_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_input_size[1] - 1, self.head_dim))
         self.attn_drop = nn.Dropout(attn_drop)
@@ -219,15 +220,17 @@ class EvaBlock(nn.Module):
             use_rel_pos=use_rel_pos,
             rel_pos_input_size=(window_size, window_size) if window_size > 0 else rel_pos_input_size,
             inner_norm=inner_norm, norm_layer=norm_layer, attn_impl=attn_impl)
-        self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
+        layer_scale = init_values is not None
+        self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values))) if layer_scale else None
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU,
                        norm_layer=norm_layer if mlp_norm else None, drop=proj_drop)
-        self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
+        self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values))) if layer_scale else None
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def _attend(self, x: torch.Tensor, grid_size: Sequence[int], rel_pos_bias: torch.Tensor | None) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, grid_size: Sequence[int],
+                rel_pos_bias: torch.Tensor | None) -> torch.Tensor:
         if self.window_size <= 0:
             return self.attn(x, grid_size, rel_pos_bias)
         b, n, c = x.shape
@@ -236,7 +239,8 @@ class EvaBlock(nn.Module):
         windows = self.attn(windows, (self.window_size, self.window_size))
         return window_unpartition(windows, self.window_size, padded, (h, w)).view(b, n, c)
 
-    def forward(self, x: torch.Tensor, grid_size: Sequence[int], rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: Sequence[int],
+                rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Run the block on ``x`` ``[B, N, C]`` whose spatial tokens form ``grid_size``."""
         y = self._attend(self.norm1(x), grid_size, rel_pos_bias)
         if self.gamma_1 is not None:
@@ -523,7 +527,8 @@ class Eva(nn.Module):
             pos = pos[:, 1:]
         return pos
 
-    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed(self, x: torch.Tensor,
+              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patchify, apply the MIM mask, prepend CLS and add the position embedding.
 
         Args:
@@ -537,13 +542,15 @@ class Eva(nn.Module):
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
         ph, pw = self.patch_size
         if x.shape[-2] % ph or x.shape[-1] % pw:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {(ph, pw)}")
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {(ph, pw)}")
         x = self.patch_embed(x)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         if mask is not None:
             if self.mask_token is None:
-                raise ValueError("a mask was passed but the model has no mask_token; build it with use_mask_token=True")
+                raise ValueError("a mask was passed but the model has no mask_token; build it with "
+                                 "use_mask_token=True")
             if mask.shape != (b, h * w):
                 raise ValueError(f"mask must be bool [B, N] = [{b}, {h * w}], got {tuple(mask.shape)}")
             # blend rather than index so the op stays differentiable w.r.t. mask_token and shape-static

@@ -117,7 +117,8 @@ def _register_eva_family() -> None:
     # MIM pre-training encoder: mask token, final norm kept (no fc_norm), no classifier
     register_model("eva_giant_patch14_mim_224", Eva, patch_size=14, img_size=224, num_classes=0,
                    use_mask_token=True, use_fc_norm=False, global_pool="token", **giant)
-    # ViTDet backbone from eva_psz14to16 (docs/recipes/detection.md#backbone): window 16, global blocks 3,7,...,39,
+    # ViTDet backbone from eva_psz14to16 (docs/recipes/detection.md#backbone): window 16,
+    # global blocks 3,7,...,39,
     # decomposed rel-pos sized for the 1280/16 grid, pos_embed stored at 224/16 with a CLS slot
     register_model("eva_giant_patch16_vitdet_1280", Eva, patch_size=16, img_size=224, num_classes=0,
                    global_pool="", class_token=False, pos_embed_cls_slot=True, use_rel_pos=True,

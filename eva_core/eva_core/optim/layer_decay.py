@@ -44,7 +44,8 @@ def param_groups_layer_decay(
     Layer ids follow the EVA rule (``docs/recipes/classification.md#layer-wise-lr-decay``): 0 for
     ``cls_token``/``mask_token``/``pos_embed``/``patch_embed``, block ``i`` -> ``i + 1``, everything
     else (final norms, head, a shared ``rel_pos_bias`` table, task heads outside the encoder)
-    ``L + 1``; the encoder's ``group_matcher()`` gives timm's helper the same grouping. Each group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` (1.0 without decay).
+    ``L + 1``; the encoder's ``group_matcher()`` gives timm's helper the same grouping. Each
+    group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` (1.0 without decay).
     1-D parameters, biases, the model's ``no_weight_decay()`` names and ``no_weight_decay_list``
     (names or shell patterns) get weight decay 0.
 
@@ -63,7 +64,8 @@ def param_groups_layer_decay(
         ValueError: ``model`` is None, or decay is requested but no encoder defines layer ids.
     """
     if model is None:
-        raise ValueError("param_groups_layer_decay(model=None): the engine must fill in optimizer.params.model")
+        raise ValueError("param_groups_layer_decay(model=None): the engine must fill in "
+                         "optimizer.params.model")
     found = find_layered_encoder(model)
     use_decay = layer_decay is not None and layer_decay != 1.0
     if found is None and use_decay:
