@@ -392,3 +392,12 @@ def test_converter_cli_lists_layouts_and_converts_with_a_project_layout(tmp_path
     conv = eva_core.checkpoint.load_file(out)
     torch.testing.assert_close(conv["patch_embed.proj.weight"], src.patch_embed.proj.weight)
     assert conv.keys() == src.state_dict().keys()
+
+
+def test_data_parallel_module_prefix_is_unwrapped_in_the_one_unwrap_function():
+    src = model(num_classes=4)
+    ddp = {"state_dict": {"module." + k: v for k, v in src.state_dict().items()}, "epoch": 3}
+    assert layouts.unwrap_state_dict(ddp).keys() == src.state_dict().keys()
+    dst = model(num_classes=4)
+    assert eva_core.load_checkpoint(dst, ddp, strict=True).ok
+    torch.testing.assert_close(dst.head.weight, src.head.weight)

@@ -167,8 +167,9 @@ def unwrap_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Return the flat ``{name: tensor}`` dict inside a checkpoint object.
 
-    The one place that knows checkpoint wrappers (:data:`WRAPPER_KEYS`: ``model_ema``, ``model``,
-    ``module``, ``state_dict``, nested up to 4 deep).
+    The one place that knows checkpoint wrappers: the dict keys :data:`WRAPPER_KEYS` (``model_ema``,
+    ``model``, ``module``, ``state_dict``, nested up to 4 deep) and the ``module.`` key prefix that
+    ``DistributedDataParallel`` / ``DataParallel`` put on every key (removed when all keys have it).
 
     Args:
         obj: what ``load_file`` returned.
@@ -193,6 +194,8 @@ def unwrap_state_dict(
     if not tensors:
         raise ValueError(f"{source}: no tensors found; top-level keys are {sorted(map(str, obj))[:20]} "
                          f"(expected weights, possibly under one of {WRAPPER_KEYS})")
+    if all(isinstance(k, str) and k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
 
 

@@ -182,15 +182,6 @@ class FeatureTeacher(nn.Module, abc.ABC):
         return (side, side)
 
 
-def _unwrap(sd: Any) -> Mapping[str, torch.Tensor]:
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-    if not isinstance(sd, Mapping):
-        raise TypeError(f"expected a state dict (mapping of tensors), got {type(sd).__name__}")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
 def load_clip_visual_state_dict(path: Union[str, os.PathLike]) -> dict:
     """Read the vision-tower weights of a CLIP checkpoint in OpenAI / open_clip layout.
 
@@ -198,11 +189,11 @@ def load_clip_visual_state_dict(path: Union[str, os.PathLike]) -> dict:
     vision-only state dict, safetensors, and OpenAI's original TorchScript archives (read with
     ``torch.jit.load``, which rebuilds TorchScript modules without running arbitrary pickled code).
     """
-    from eva_core.checkpoint import CheckpointFormatError, load_file
+    from eva_core.checkpoint import CheckpointFormatError, load_file, unwrap_state_dict
 
     path = os.fspath(path)
     try:
-        sd = _unwrap(load_file(path))
+        sd = unwrap_state_dict(load_file(path), source=path)
     except CheckpointFormatError:
         if not (zipfile.is_zipfile(path) and any(n.endswith("/code/__torch__.py") or "/code/" in n
                                                   for n in zipfile.ZipFile(path).namelist())):
