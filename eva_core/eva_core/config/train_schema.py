@@ -77,6 +77,8 @@ TRAIN_KEYS: dict[str, Any] = {
     "deterministic": bool,
     "cudnn_benchmark": bool,
     "allow_pickle": bool,
+    "dist_timeout": Optional[float],
+    "heartbeat_timeout": float,
 }
 
 

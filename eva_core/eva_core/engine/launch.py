@@ -5,14 +5,21 @@
 gloo otherwise (on CPU, N is simply the number of processes). Under ``torchrun`` (RANK,
 WORLD_SIZE and LOCAL_RANK in the environment) the process group is initialised from the
 environment and ``main`` runs in the current process.
+
+Every collective operation (all-reduce, barrier...) gives up after the collective timeout
+(``train.dist_timeout`` in a config; :data:`DEFAULT_TIMEOUTS` when it is None), so a rank that
+stalls without dying ends the job with an error naming that timeout instead of holding the other
+ranks for half an hour. (A rank that dies ends the job at once: ``torch.multiprocessing`` stops
+the other processes.)
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -20,9 +27,14 @@ import torch.multiprocessing as mp
 
 from eva_core.utils import comm
 
-__all__ = ["launch", "DEFAULT_TIMEOUT", "find_free_port", "launched_by_torchrun", "share_cpu_threads"]
+__all__ = ["launch", "DEFAULT_TIMEOUTS", "DEFAULT_TIMEOUT", "collective_timeout", "find_free_port",
+           "launched_by_torchrun", "share_cpu_threads", "CollectiveTimeoutError"]
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: The collective timeout when none is given, per backend. Short on CPU (gloo), where nothing
+#: legitimately keeps one rank minutes behind the others; torch's 30 minutes on GPUs (NCCL),
+#: where the first iterations (autotuning, compilation) and large checkpoints can.
+DEFAULT_TIMEOUTS = {"gloo": timedelta(seconds=300), "nccl": timedelta(minutes=30)}
+DEFAULT_TIMEOUT = DEFAULT_TIMEOUTS["nccl"]  # torch's own default; the name older callers import
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +51,30 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def collective_timeout(timeout: float | timedelta | None, backend: str) -> timedelta:
+    """The timeout of every collective operation of a process group on ``backend``.
+
+    Args:
+        timeout: seconds (``train.dist_timeout``), a ``timedelta``, or None for
+            :data:`DEFAULT_TIMEOUTS` of the backend.
+        backend: ``"gloo"`` or ``"nccl"`` (any other backend gets the NCCL default).
+
+    Raises:
+        ValueError: ``timeout`` is not a positive number of seconds.
+    """
+    if timeout is None:
+        return DEFAULT_TIMEOUTS.get(backend, DEFAULT_TIMEOUT)
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise ValueError(f"train.dist_timeout must be a number of seconds or None, got {timeout!r}")
+    if not seconds > 0:  # also refuses NaN
+        raise ValueError(f"train.dist_timeout must be a positive number of seconds, got {timeout!r}")
+    return timedelta(seconds=seconds)
+
+
 def launch(
     main_func: Callable[..., Any],
     num_gpus_per_machine: int,
@@ -46,7 +82,7 @@ def launch(
     machine_rank: int = 0,
     dist_url: str | None = "auto",
     args: tuple = (),
-    timeout: timedelta = DEFAULT_TIMEOUT,
+    timeout: float | timedelta | None = None,
 ) -> None:
     """Run ``main_func(*args)`` on every process of the job.
 
@@ -58,12 +94,15 @@ def launch(
         dist_url: ``tcp://host:port`` of machine 0, or ``"auto"`` (single machine only) for a
             free localhost port.
         args: positional arguments for ``main_func``.
-        timeout: collective-operation timeout.
+        timeout: collective-operation timeout in seconds (or a ``timedelta``); None: the
+            backend's entry of :data:`DEFAULT_TIMEOUTS`. The training tool passes
+            ``train.dist_timeout``.
 
     Raises:
         ValueError: inconsistent arguments (bad counts, "auto" on several machines, more
-            processes than GPUs).
+            processes than GPUs, a timeout that is not a positive number of seconds).
     """
+    timeout = collective_timeout(timeout, _backend())
     if launched_by_torchrun():
         _run_under_torchrun(main_func, args, timeout)
         return
@@ -116,8 +155,9 @@ def _backend() -> str:
 
 def _distributed_worker(local_rank: int, main_func: Callable, world_size: int,
                         num_gpus_per_machine: int, machine_rank: int, dist_url: str,
-                        args: tuple, timeout: timedelta) -> None:
+                        args: tuple, timeout: float | timedelta | None) -> None:
     global_rank = machine_rank * num_gpus_per_machine + local_rank
+    timeout = collective_timeout(timeout, _backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     else:
@@ -129,12 +169,14 @@ def _distributed_worker(local_rank: int, main_func: Callable, world_size: int,
         raise RuntimeError(f"process group init failed at {dist_url} (rank {global_rank}/"
                            f"{world_size}): {e}") from e
     comm.set_local_rank(local_rank)
-    comm.synchronize()
-    main_func(*args)
+    with _naming_collective_timeouts(timeout):
+        comm.synchronize()
+        main_func(*args)
     _shutdown()  # only after success: a failed rank must not wait at a barrier for the others
 
 
-def _run_under_torchrun(main_func: Callable, args: tuple, timeout: timedelta) -> None:
+def _run_under_torchrun(main_func: Callable, args: tuple, timeout: float | timedelta | None) -> None:
+    timeout = collective_timeout(timeout, _backend())
     local_rank = int(os.environ["LOCAL_RANK"])
     comm.set_local_rank(local_rank)
     if torch.cuda.is_available():
@@ -142,9 +184,41 @@ def _run_under_torchrun(main_func: Callable, args: tuple, timeout: timedelta) ->
     owns_group = int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group(backend=_backend(), init_method="env://", timeout=timeout)
-    main_func(*args)
+    with _naming_collective_timeouts(timeout):
+        main_func(*args)
     if owns_group:
         _shutdown()
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective operation waited longer than the collective timeout for the other ranks."""
+
+
+@contextlib.contextmanager
+def _naming_collective_timeouts(timeout: timedelta) -> Iterator[None]:
+    """Re-raise a backend's timeout error with the setting that controls it and what it means.
+
+    gloo says "Timed out waiting 5000ms for recv operation", NCCL's watchdog "Watchdog caught
+    collective operation timeout"; neither names the rank that timed out or the config key.
+    """
+    try:
+        yield
+    except RuntimeError as e:  # dist.DistBackendError is one too
+        if isinstance(e, CollectiveTimeoutError) or not _is_collective_timeout(e):
+            raise
+        raise CollectiveTimeoutError(
+            f"rank {comm.get_rank()}: a collective operation waited more than {timeout.total_seconds():g} s "
+            f"(train.dist_timeout) for the other ranks; another rank stalled or died (the heartbeat "
+            f"warnings name ranks that stopped making progress). Backend error: {e}") from e
+
+
+def _is_collective_timeout(error: BaseException) -> bool:
+    # match the backends' own words only: a DataLoader's "timed out" is not a stalled rank
+    message = str(error).lower()
+    return any(words in message for words in _BACKEND_TIMEOUT_WORDS)
+
+
+_BACKEND_TIMEOUT_WORDS = ("timed out waiting", "collective operation timeout")
 
 
 def _shutdown() -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["is_dist", "get_rank", "get_world_size", "get_local_rank", "is_main_process",
-           "synchronize", "all_gather_object", "reduce_mean"]
+           "synchronize", "all_gather_object", "reduce_mean", "shared_store"]
 
 _LOCAL_RANK = 0
 
@@ -59,3 +59,17 @@ def reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= get_world_size()
     return t
+
+
+def shared_store() -> dist.Store | None:
+    """The key-value store of the default process group (None in a single process).
+
+    Every rank reads and writes it without a collective, so a rank can publish its state there
+    while another rank is blocked in one (the heartbeat does). The store is the one the group
+    was initialised with: a ``TCPStore`` hosted by rank 0 (``tcp://`` and ``env://``) or a
+    ``FileStore`` (``file://``).
+    """
+    if not is_dist():
+        return None
+    # torch has no public getter for the default group's store; this one has existed since 1.x
+    return dist.distributed_c10d._get_default_store()
