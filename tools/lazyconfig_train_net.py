@@ -58,14 +58,11 @@ def do_test(cfg, model) -> dict:
 
 def do_train(args: argparse.Namespace, cfg) -> dict:
     """Train (``--resume``: from the last checkpoint of ``train.output_dir``) with the default
-    hooks; returns the last evaluation's results."""
+    hooks (:func:`eva_core.engine.defaults.default_hooks`); returns the last evaluation's results
+    (the evaluation hook has logged their table)."""
     from eva_core.engine.defaults import train_from_config
-    from eva_core.evaluation import print_csv_format
 
-    results = train_from_config(cfg, resume=args.resume).results
-    if results and comm.is_main_process():
-        print_csv_format(results)
-    return results
+    return train_from_config(cfg, resume=args.resume).results
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -114,6 +111,7 @@ def invoke_main() -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=cfg.train.get("dist_timeout"),
     )
 
 

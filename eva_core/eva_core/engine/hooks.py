@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from ..evaluation.testing import flatten_results_dict
+from ..evaluation.testing import flatten_results_dict, print_csv_format
 from ..utils import comm
 from ..utils.events import ConsoleWriter, JSONWriter, TensorboardWriter, max_memory_mb
 
@@ -224,6 +224,9 @@ class EvalHook(HookBase):
         if not isinstance(results, dict):
             raise TypeError(f"EvalHook: eval_function must return a dict, got {type(results).__name__}")
         self.last_results = results
+        if results:
+            logger.info(f"Evaluation at iteration {self.trainer.iter}:")
+            print_csv_format(results)
         for k, v in flatten_results_dict(results).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 self.trainer.storage.put_scalar(f"eval/{k}", v)
