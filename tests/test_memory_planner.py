@@ -1,4 +1,4 @@
-"""The memory planner (eva_core.utils.memory, tools/estimate_memory.py) against measured peaks.
+"""The memory planner (eva_core.memory, tools/estimate_memory.py) against measured peaks.
 
 How the peaks are measured (independently of the planner): the real model is built and trained
 for two full steps (forward, backward, clipping, AdamW step) on CPU with real tensors, inside
@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from eva_core.config import LazyConfig, instantiate
-from eva_core.utils.memory import (
+from eva_core.memory import (
     build_meta_model, checkpointing_overrides, estimate_training_memory, example_batch,
     read_training_setup, suggest_fixes,
 )

@@ -9,7 +9,7 @@ Examples::
 
 The model is built on the meta device and one training step (forward, backward, clipping,
 optimizer step) runs on fake tensors while every tensor's storage is followed
-(``eva_core.utils.memory``; docs/memory_planner.md). Prints the memory per component at the peak,
+(``eva_core.memory``; docs/memory_planner.md). Prints the memory per component at the peak,
 the peak against ``--gpu-mem`` (GiB) and, when it does not fit, switches that would make it fit as
 ready-to-paste ``key=value`` overrides, each with its own estimate.
 
@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from eva_core.config import LazyConfig
-    from eva_core.utils import memory
+    from eva_core import memory
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that the teacher has no weights
     if args.gpu_mem <= 0:

@@ -383,7 +383,7 @@ def example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> dict:
         if isinstance(model, cls):
             return fn(model, cfg, batch_size)
     raise TypeError(f"the memory planner has no example batch for {type(model).__name__}; register one with "
-                    "eva_core.utils.memory.register_example_batch")
+                    "eva_core.memory.register_example_batch")
 
 
 # ------------------------------------------------------------------------------- fake model
