@@ -100,7 +100,8 @@ def peak_step_memory(impl: str, size: str, grad_ckpt: bool, img_size: int, patch
 def paired_throughput(size: str, grad_ckpt: bool, img_size: int, patch_size: int, batch: int, iters: int,
                       device: str) -> dict[str, float]:
     """Images/s of ours and timm's, timed in alternating steps so both see the same machine load."""
-    steps = {impl: _setup(impl, size, grad_ckpt, img_size, patch_size, batch, device)[1] for impl in ("ours", "timm")}
+    steps = {impl: _setup(impl, size, grad_ckpt, img_size, patch_size, batch, device)[1]
+             for impl in ("ours", "timm")}
     times: dict[str, list[float]] = {"ours": [], "timm": []}
     for impl in steps:
         steps[impl]()  # warm-up
@@ -136,27 +137,28 @@ def main(argv=None) -> int:
             return peak_step_memory(impl, size, ck, **shape)
         # a fresh process per case: ru_maxrss only ever grows within a process
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{impl},{size},{int(ck)}",
-               "--img-size", str(args.img_size), "--patch-size", str(args.patch_size), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--device", "cpu"]
+               "--img-size", str(args.img_size), "--patch-size", str(args.patch_size),
+               "--batch", str(args.batch), "--threads", str(args.threads), "--device", "cpu"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
     print(f"device={args.device} img={args.img_size} patch={args.patch_size} batch={args.batch} "
           f"threads={args.threads} iters={args.iters} (forward+backward, median of alternating steps)")
-    print(f"{'size':6} {'ckpt':5} {'ours img/s':>11} {'timm img/s':>11} {'ratio':>6} {'ours MiB':>9} {'timm MiB':>9}")
+    print(f"{'size':6} {'ckpt':5} {'ours img/s':>11} {'timm img/s':>11} {'ratio':>6} "
+          f"{'ours MiB':>9} {'timm MiB':>9}")
     mem = {}
     for size in args.sizes:
         for ck in (False, True):
             tput = paired_throughput(size, ck, iters=args.iters, **shape)
             mem[(size, ck)] = {impl: memory(impl, size, ck) for impl in ("ours", "timm")}
             m = mem[(size, ck)]
-            print(f"{size:6} {str(ck):5} {tput['ours']:11.2f} {tput['timm']:11.2f} {tput['ours'] / tput['timm']:6.2f} "
-                  f"{m['ours']:9.1f} {m['timm']:9.1f}", flush=True)
+            print(f"{size:6} {str(ck):5} {tput['ours']:11.2f} {tput['timm']:11.2f} "
+                  f"{tput['ours'] / tput['timm']:6.2f} {m['ours']:9.1f} {m['timm']:9.1f}", flush=True)
     for size in args.sizes:
         for impl in ("ours", "timm"):
             full, ck = mem[(size, False)][impl], mem[(size, True)][impl]
-            print(f"{size} {impl}: activation checkpointing cuts step peak memory by {100 * (1 - ck / full):.0f}% "
-                  f"({full:.0f} -> {ck:.0f} MiB)")
+            print(f"{size} {impl}: activation checkpointing cuts step peak memory by "
+                  f"{100 * (1 - ck / full):.0f}% ({full:.0f} -> {ck:.0f} MiB)")
     return 0
 
 

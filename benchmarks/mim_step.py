@@ -38,8 +38,8 @@ class TimmMaskedStudent(torch.nn.Module):
         super().__init__()
         from timm.models.eva import Eva
 
-        self.eva = Eva(num_classes=0, global_pool="token", use_fc_norm=False, qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True,
-                       use_rot_pos_emb=False, drop_path_rate=0.1, **arch)
+        self.eva = Eva(num_classes=0, global_pool="token", use_fc_norm=False, qkv_fused=True, qkv_bias=True,
+                       use_abs_pos_emb=True, use_rot_pos_emb=False, drop_path_rate=0.1, **arch)
         self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, arch["embed_dim"]))
         self.patch_embed, self.norm = self.eva.patch_embed, self.eva.norm
         self.num_features, self.num_prefix_tokens = self.eva.num_features, self.eva.num_prefix_tokens
@@ -93,14 +93,16 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="autocast dtype of the student (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense FLOP/s of the device (TFLOP/s)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="peak dense FLOP/s of the device (TFLOP/s)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--no-peer", action="store_true", help="skip timm's Eva peer (e.g. to save GPU memory)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    teacher_precision = "bf16" if dtype == "fp32" and device.type == "cuda" else (dtype if dtype != "fp32" else "fp32")
+    teacher_precision = ("bf16" if dtype == "fp32" and device.type == "cuda"
+                         else (dtype if dtype != "fp32" else "fp32"))
 
     from eva_core.mim import pretraining_cost
 

@@ -39,6 +39,7 @@ train = dict(
     deterministic=False,
     cudnn_benchmark=False,  # cuDNN autotuning: faster for fixed input sizes, slower when they vary
     allow_pickle=False,  # let checkpoint loading unpickle any type (trusted files only; --allow-pickle)
-    dist_timeout=None,  # seconds a collective waits for the other ranks; None: 300 on CPU (gloo), 1800 on GPU (NCCL)
+    # seconds a collective waits for the other ranks; None: 300 on CPU (gloo), 1800 on GPU (NCCL)
+    dist_timeout=None,
     heartbeat_timeout=60.0,  # warn naming a rank that finished no iteration for this many seconds; 0: off
 )

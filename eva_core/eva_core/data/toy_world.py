@@ -55,8 +55,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "COLORS", "IMAGEFOLDER_LABELS", "MOTIONS", "SIZES", "Shape", "shape_polygon", "polygon_area",
-           "render_background", "draw_shapes", "shape_mask", "sample_shapes", "caption_for",
+__all__ = ["SHAPES", "COLORS", "IMAGEFOLDER_LABELS", "MOTIONS", "SIZES", "Shape", "shape_polygon",
+           "polygon_area", "render_background", "draw_shapes", "shape_mask", "sample_shapes", "caption_for",
            "make_imagefolder", "make_coco", "make_lvis", "make_ade20k", "make_kinetics",
            "make_captions", "generate_toy_world", "main"]
 

@@ -41,7 +41,8 @@ class MIMTransform:
                  scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  hflip: float = 0.5, interpolation: str = "bicubic",
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                 teacher_mean: Optional[Sequence[float]] = None, teacher_std: Optional[Sequence[float]] = None):
+                 teacher_mean: Optional[Sequence[float]] = None,
+                 teacher_std: Optional[Sequence[float]] = None):
         from eva_core.data.transforms import interpolation_mode
 
         if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
@@ -54,7 +55,8 @@ class MIMTransform:
         self.interpolation = interpolation_mode(interpolation)
         self.normalize = T.Normalize(tuple(mean), tuple(std))
         t_mean, t_std = teacher_mean or mean, teacher_std or std
-        self.two_views = self.teacher_img_size is not None or tuple(t_mean) != tuple(mean) or tuple(t_std) != tuple(std)
+        self.two_views = (self.teacher_img_size is not None or tuple(t_mean) != tuple(mean)
+                          or tuple(t_std) != tuple(std))
         self.teacher_normalize = T.Normalize(tuple(t_mean), tuple(t_std))
 
     def __call__(self, img) -> Any:
@@ -89,7 +91,8 @@ class MaskedImageDataset(Dataset):
     def __init__(self, dataset: Dataset, mask_generator: BlockMaskGenerator,
                  keep_keys: Optional[Sequence[str]] = ("image", "teacher_image", "label", "mask")):
         if not callable(mask_generator):
-            raise TypeError(f"mask_generator must be callable (a BlockMaskGenerator), got {type(mask_generator).__name__}")
+            raise TypeError(f"mask_generator must be callable (a BlockMaskGenerator), "
+                            f"got {type(mask_generator).__name__}")
         self.dataset = dataset
         self.mask_generator = mask_generator
         self.keep_keys = None if keep_keys is None else tuple(keep_keys)

@@ -73,7 +73,8 @@ class BlockMaskGenerator:
         if int(min_num_patches) < 1:
             raise ValueError(f"min_num_patches must be >= 1, got {min_num_patches}")
         self.min_num_patches = int(min_num_patches)
-        self.max_num_patches = max(1, self.num_masking_patches) if max_num_patches is None else int(max_num_patches)
+        self.max_num_patches = (max(1, self.num_masking_patches) if max_num_patches is None
+                                else int(max_num_patches))
         if self.max_num_patches < 1:
             raise ValueError(f"max_num_patches must be >= 1 (or None), got {max_num_patches}")
         if not min_aspect > 0:
@@ -86,7 +87,8 @@ class BlockMaskGenerator:
         self._rng = np.random.default_rng(seed)
 
     @classmethod
-    def from_ratio(cls, input_size: Union[int, Sequence[int]], mask_ratio: float, **kwargs) -> "BlockMaskGenerator":
+    def from_ratio(cls, input_size: Union[int, Sequence[int]], mask_ratio: float,
+                   **kwargs) -> "BlockMaskGenerator":
         """Build a generator masking ``round(mask_ratio * num_patches)`` patches."""
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")

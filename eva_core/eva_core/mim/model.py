@@ -85,7 +85,8 @@ class EvaMIM(nn.Module):
                 raise ValueError("EvaMIM: give target_dim when there is no teacher")
             target_dim = int(teacher.embed_dim)
         elif teacher is not None and int(target_dim) != int(teacher.embed_dim):
-            raise ValueError(f"EvaMIM: target_dim={target_dim} but the teacher gives {teacher.embed_dim}-d features")
+            raise ValueError(f"EvaMIM: target_dim={target_dim} but the teacher gives "
+                             f"{teacher.embed_dim}-d features")
         self.encoder = encoder
         self.lm_head = nn.Linear(int(encoder.num_features), int(target_dim))
         self.target_dim = int(target_dim)
@@ -230,7 +231,8 @@ def pretraining_cost(model: EvaMIM, image_size: int = 224, batch_size: int = 1) 
     student_flops = student.get_total_flops()
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "teacher_params": sum(p.numel() for p in model.teacher.parameters()) if model.teacher is not None else 0,
+        "teacher_params": (sum(p.numel() for p in model.teacher.parameters())
+                           if model.teacher is not None else 0),
         "student_forward_flops": student_flops,
         "teacher_forward_flops": teacher_flops,
         "train_step_flops": 3 * student_flops + teacher_flops,

@@ -232,8 +232,10 @@ class ClipTeacher(FeatureTeacher):
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
         vcfg = {**cfg["vision_cfg"], **dict(vision_cfg or {})}
         if vcfg.get("timm_model_name") or isinstance(vcfg.get("layers"), (list, tuple)):
-            raise ValueError(f"{model_name}: only open_clip VisionTransformer towers are supported as teachers")
-        if vcfg.get("attentional_pool") or vcfg.get("final_ln_after_pool") or vcfg.get("pool_type", "tok") != "tok":
+            raise ValueError(f"{model_name}: only open_clip VisionTransformer towers are supported "
+                             "as teachers")
+        pooled_differently = vcfg.get("pool_type", "tok") != "tok"
+        if vcfg.get("attentional_pool") or vcfg.get("final_ln_after_pool") or pooled_differently:
             raise ValueError(f"{model_name}: teacher needs ln_post applied to every token with CLS pooling "
                              "(no attentional pool, no final_ln_after_pool)")
         vcfg["output_tokens"] = True
