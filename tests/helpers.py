@@ -146,7 +146,8 @@ class ToyRun:
                 trainer = AMPTrainer(wrapped, data_loader, optimizer, precision=precision,
                                      loss_scale=loss_scale, **common)
         self.trainer, self.max_iter = trainer, max_iter
-        self.scheduler = LRMultiplier(trainer.optimizer, lr_scheduler, max_iter) if lr_scheduler is not None else None
+        self.scheduler = (LRMultiplier(trainer.optimizer, lr_scheduler, max_iter) if lr_scheduler is not None
+                          else None)
         self.ema = None
         if ema_decay:
             from timm.utils import ModelEmaV3
@@ -190,7 +191,8 @@ class ToyRun:
         evaluator, test_loader = evaluator or self._evaluator, test_loader or self._test_loader
         results = dict(self._inference(self.trainer.unwrapped_model, test_loader, evaluator))
         if self.ema is not None:
-            results.update({f"ema/{k}": v for k, v in self._inference(self.ema.module, test_loader, evaluator).items()})
+            ema_results = self._inference(self.ema.module, test_loader, evaluator)
+            results.update({f"ema/{k}": v for k, v in ema_results.items()})
         return results
 
     def train(self) -> dict:

@@ -32,7 +32,8 @@ def test_trainer_learns_toy_regression_and_evaluates(tmp_path):
 
 def test_lr_multiplier_sets_base_lr_times_schedule_times_lr_scale():
     p1, p2 = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([{"params": [p1], "lr": 0.1, "lr_scale": 0.25}, {"params": [p2], "lr": 0.2}], lr=0.1)
+    opt = torch.optim.SGD([{"params": [p1], "lr": 0.1, "lr_scale": 0.25}, {"params": [p2], "lr": 0.2}],
+                          lr=0.1)
     sched = LRMultiplier(opt, cosine_with_warmup(max_iter=10, warmup_iters=2, min_ratio=0.1), max_iter=10)
     for it in range(10):
         m = sched.multiplier_at(it)
@@ -178,7 +179,8 @@ def test_checkpoint_with_pickled_object_is_refused_unless_allow_pickle(tmp_path)
     ck["payload"] = fractions.Fraction(1, 3)  # any class outside the allowlist: unpickling runs its code
     save_atomic(ck, tmp_path / "model_final.pth")
     t2 = make_trainer(tmp_path, max_iter=4)
-    with pytest.raises(CheckpointFormatError, match=r"(?s)model_final\.pth.*fractions\.Fraction.*allow_pickle=True"):
+    with pytest.raises(CheckpointFormatError,
+                       match=r"(?s)model_final\.pth.*fractions\.Fraction.*allow_pickle=True"):
         t2.resume_or_load(resume=True)
     t3 = make_trainer(tmp_path, max_iter=4, allow_pickle=True)
     t3.resume_or_load(resume=True)
@@ -212,7 +214,7 @@ def test_metrics_json_has_one_record_per_log_period_with_expected_keys(tmp_path,
         t.train()
     console = [r.getMessage() for r in caplog.records if "iter: 11" in r.getMessage()]
     assert len(console) == 1 and all(s in console[0] for s in ("eta:", "it/s", "lr:", "loss_mse", "max_mem"))
-    records = [json.loads(l) for l in (tmp_path / "metrics.json").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [3, 7, 11]
     for r in records:
         assert {"iteration", "lr", "total_loss", "loss_mse", "pred_mean", "time", "data_time", "it/s",
@@ -248,7 +250,8 @@ def test_config_builders_and_train_from_config_build_and_train_a_lazy_config(tmp
     model = build_model(cfg)
     t = build_trainer(cfg, model, build_optimizer(cfg, model), build_train_loader(cfg))
     assert type(t) is SimpleTrainer and t.clip_grad == 1.0
-    assert isinstance(build_lr_scheduler(cfg, t.optimizer), LRMultiplier) and build_ema(cfg, model) is not None
+    assert isinstance(build_lr_scheduler(cfg, t.optimizer), LRMultiplier)
+    assert build_ema(cfg, model) is not None
     assert t.optimizer.param_groups[0]["params"][0] is next(t.unwrapped_model.parameters())
     run = train_from_config(cfg, tensorboard=False)
     assert run.trainer.iter == 20 and run.results == {}  # no test set: nothing evaluated

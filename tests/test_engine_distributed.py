@@ -50,7 +50,8 @@ def _toy_run(out: Path, *, hooks=(), resume: bool = False, poison_iter: int | No
         trainer.register_hooks([CallbackHook(before_step=lambda t: handles.append(poison(t)),
                                              after_step=lambda t: [h.remove() for h in handles if h]
                                              and handles.clear())])
-    trainer.register_hooks([CallbackHook(after_step=lambda t: losses.append(t.storage.latest()["total_loss"][0])),
+    record_loss = CallbackHook(after_step=lambda t: losses.append(t.storage.latest()["total_loss"][0]))
+    trainer.register_hooks([record_loss,
                             *hooks])
     trainer.resume_or_load(resume=resume)
     try:
@@ -64,7 +65,8 @@ def _ddp_and_zero_worker(rank: int, init_file: str, out: str) -> None:
     _init(rank, init_file)
     report = {}
     for zero in (0, 1):
-        trainer, losses = _toy_run(Path(out) / f"zero{zero}", zero_stage=zero, clip_grad=1.0, grad_accum_steps=2)
+        trainer, losses = _toy_run(Path(out) / f"zero{zero}", zero_stage=zero, clip_grad=1.0,
+                                   grad_accum_steps=2)
         report[f"zero{zero}"] = {
             "optimizer": type(trainer.optimizer).__name__,
             "local_state_params": len(getattr(trainer.optimizer, "optim", trainer.optimizer).state),
@@ -91,7 +93,8 @@ def test_zero1_with_two_gloo_processes_trains_and_matches_ddp(tmp_path):
     # the ZeRO checkpoint holds the consolidated state of every parameter, loadable by plain AdamW
     assert len(zero["optimizer"]["state"]) == 4
     for i, st in ddp["optimizer"]["state"].items():
-        torch.testing.assert_close(zero["optimizer"]["state"][i]["exp_avg_sq"], st["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(zero["optimizer"]["state"][i]["exp_avg_sq"], st["exp_avg_sq"],
+                                   rtol=1e-4, atol=1e-9)
     assert zero["optimizer"]["param_groups"][0]["lr_scale"] == 0.5
 
 
@@ -211,7 +214,8 @@ def _zero1_resume_worker(rank: int, init_file: str, out: str) -> None:
     torch.save({"local_state": local, "groups": groups,
                 "interrupted_at": interrupted.iter, "resumed_start_iter": resumed.start_iter,
                 "optimizer": type(resumed.optimizer).__name__,
-                "losses": {"full": full_losses, "resumed": resumed_losses}}, Path(out, f"zero1_resume{rank}.pt"))
+                "losses": {"full": full_losses, "resumed": resumed_losses}},
+               Path(out, f"zero1_resume{rank}.pt"))
     dist.destroy_process_group()
 
 

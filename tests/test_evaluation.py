@@ -113,27 +113,29 @@ def _all_params(model):
 
 
 @pytest.mark.parametrize("evaluator_per_set", [False, True])
-def test_two_test_datasets_write_their_nested_metrics_to_metrics_json_and_tensorboard(tmp_path, evaluator_per_set):
+def test_two_test_datasets_write_their_nested_metrics_to_metrics_json_and_tensorboard(tmp_path,
+                                                                                      evaluator_per_set):
     from omegaconf import OmegaConf
 
     from eva_core.config import LazyCall as L
     from eva_core.engine.defaults import train_from_config
 
-    cfg = OmegaConf.create({"train": {"max_iter": 6, "output_dir": str(tmp_path), "device": "cpu", "log_period": 3,
-                                      "eval_period": 3, "checkpointer": {"period": 0},
+    cfg = OmegaConf.create({"train": {"max_iter": 6, "output_dir": str(tmp_path), "device": "cpu",
+                                      "log_period": 3, "eval_period": 3, "checkpointer": {"period": 0},
                                       "ema": {"enabled": True, "decay": 0.5}}}, flags={"allow_objects": True})
     cfg.model = L(ToyRegressor)(hidden=8)
     cfg.optimizer = L(torch.optim.SGD)(params=L(_all_params)(model=None), lr=0.01)
     evaluator = ({"val_a": L(NestedEvaluator)(), "val_b": L(NestedEvaluator)()} if evaluator_per_set
                  else L(NestedEvaluator)())
     cfg.dataloader = {"train": L(FixedBatches)(batches=toy_batches(2, 8)),
-                      "test": {"val_a": toy_test_loader(16, 8, seed=0), "val_b": toy_test_loader(32, 8, seed=1)},
+                      "test": {"val_a": toy_test_loader(16, 8, seed=0),
+                               "val_b": toy_test_loader(32, 8, seed=1)},
                       "evaluator": evaluator}
     run = train_from_config(cfg, tensorboard=True)
     a_ap = float(torch.stack([b["y"] for b in toy_test_loader(16, 8, seed=0)]).mean())
     assert run.results["val_a"] == {"bbox": {"AP": pytest.approx(a_ap)}, "segm": {"AP": 16.0}}
     assert run.results["ema/val_b"]["segm"]["AP"] == 32.0
-    records = [json.loads(l) for l in (tmp_path / "metrics.json").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [2, 5]
     for r in records:
         assert r["eval/val_a/bbox/AP"] == pytest.approx(a_ap)
@@ -144,5 +146,6 @@ def test_two_test_datasets_write_their_nested_metrics_to_metrics_json_and_tensor
 
     events = EventAccumulator(str(tmp_path))
     events.Reload()
-    assert {"eval/val_a/bbox/AP", "eval/val_b/segm/AP", "eval/ema/val_b/bbox/AP"} <= set(events.Tags()["scalars"])
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/val_a/bbox/AP", "eval/val_b/segm/AP", "eval/ema/val_b/bbox/AP"} <= tags
     assert [e.step for e in events.Scalars("eval/val_b/segm/AP")] == [2, 5]

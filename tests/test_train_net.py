@@ -9,7 +9,6 @@ import textwrap
 from argparse import Namespace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -37,7 +36,7 @@ def _run_tool(*argv, timeout=240):
 
 def _results(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("results: ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("results: ")]
     assert len(lines) == 1, f"expected one results line from rank 0, got {lines}"
     return json.loads(lines[0][len("results: "):])
 
@@ -45,8 +44,8 @@ def _results(proc):
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     # the toy world's colour task (class = colour of the one drawn shape), first 4 colours
-    paths = make_imagefolder(tmp_path_factory.mktemp("toy_world"), num_classes=NUM_CLASSES, train_per_class=32,
-                             val_per_class=16, img_size=32, seed=0, label="color")
+    paths = make_imagefolder(tmp_path_factory.mktemp("toy_world"), num_classes=NUM_CLASSES,
+                             train_per_class=32, val_per_class=16, img_size=32, seed=0, label="color")
     return [f"dataloader.train.dataset.root={paths['imagefolder_color_train']}",
             f"dataloader.test.dataset.root={paths['imagefolder_color_val']}",
             f"model.net.num_classes={NUM_CLASSES}", "train.max_iter=40", "train.eval_period=40",

@@ -221,7 +221,8 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    table = Table(title=f"Linear probe on toy-world colours ({num_classes} classes, {len(val_set)} val images)")
+    table = Table(title=f"Linear probe on toy-world colours ({num_classes} classes, "
+                        f"{len(val_set)} val images)")
     table.add_column("encoder")
     table.add_column("probe top-1", justify="right")
     for name, label in (("mim", "EVA MIM pre-trained"), ("random_init", "random init"),

@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> dict:
         model = build_model(cfg)
         # init_checkpoint when one is given, else the last checkpoint of train.output_dir
         use_last = args.resume or not cfg.train.init_checkpoint
-        checkpointer = Checkpointer(model, cfg.train.output_dir, allow_pickle=bool(cfg.train.get("allow_pickle", False)))
+        allow_pickle = bool(cfg.train.get("allow_pickle", False))
+        checkpointer = Checkpointer(model, cfg.train.output_dir, allow_pickle=allow_pickle)
         if use_last and not checkpointer.has_checkpoint():
             raise FileNotFoundError(
                 f"--eval-only: no train.init_checkpoint given and no checkpoint in "

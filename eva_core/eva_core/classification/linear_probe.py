@@ -47,7 +47,8 @@ def _pool_tokens(encoder: nn.Module, tokens: torch.Tensor, pool: str) -> torch.T
         return tokens[:, 0]
     if pool == "token_avg":
         if prefix < 1:
-            raise ValueError("linear probe: pool='token_avg' needs an encoder with a CLS token; use pool='avg'")
+            raise ValueError("linear probe: pool='token_avg' needs an encoder with a CLS token; "
+                             "use pool='avg'")
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
     return tokens[:, prefix:].mean(dim=1)
 
@@ -247,7 +248,8 @@ def linear_probe(encoder: nn.Module, train_dataset: Dataset, val_dataset: Datase
                 loader = DataLoader(train_dataset, batch_size=batch_size, sampler=perm.tolist(),
                                     num_workers=num_workers, drop_last=False)
                 for batch in loader:
-                    yield probe.features(batch["image"].to(device)), torch.as_tensor(batch["label"]).to(device)
+                    labels = torch.as_tensor(batch["label"]).to(device)
+                    yield probe.features(batch["image"].to(device)), labels
 
         last_loss = float("nan")
         for epoch in range(epochs):

@@ -49,7 +49,8 @@ class DynamicLossScaler(torch.amp.GradScaler):
     def __init__(self, device: str = "cuda", *, hysteresis: int = 1, min_scale: float = 1.0,
                  consecutive_hysteresis: bool = False, **kwargs):
         if int(hysteresis) < 1 or not min_scale > 0:
-            raise ValueError(f"loss scaler needs hysteresis >= 1 and min_scale > 0, got {hysteresis}, {min_scale}")
+            raise ValueError(f"loss scaler needs hysteresis >= 1 and min_scale > 0, got {hysteresis}, "
+                             f"{min_scale}")
         super().__init__(device, **kwargs)
         if self.is_enabled() and self.get_scale() < min_scale:
             raise ValueError(f"loss scaler init_scale {self.get_scale()} is below min_scale {min_scale}")

@@ -250,8 +250,9 @@ class Checkpointer:
         """
         state = load_file(path, allow_pickle=self.allow_pickle)
         if not isinstance(state, dict) or "model" not in state:
+            found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
             raise KeyError(f"{path}: not a training checkpoint (expected a dict with key 'model', "
-                           f"found {sorted(state)[:10] if isinstance(state, dict) else type(state).__name__})")
+                           f"found {found})")
         self.model.load_state_dict(state.pop("model"))
         names = list(self.checkpointables) if checkpointables is None else checkpointables
         for name in names:

@@ -1,9 +1,10 @@
 """DeepSpeed as an optional engine (the paper's setup: ZeRO stage 1 with fp16 loss scaling).
 
 :class:`DeepSpeedTrainer` is used when ``train.deepspeed`` is a DeepSpeed config dict. The trainer
-keeps its hooks, loader and lr schedule; DeepSpeed owns the forward wrapper, loss scaling, gradient accumulation, clipping and
-the sharded optimizer step. The Checkpointer saves the engine's own state (optimizer shards, fp32
-master weights, loss scaler) next to each checkpoint, so a resumed run continues exactly. On CPU set ``DS_ACCELERATOR=cpu`` (gloo).
+keeps its hooks, loader and lr schedule; DeepSpeed owns the forward wrapper, loss scaling,
+gradient accumulation, clipping and the sharded optimizer step. The Checkpointer saves the
+engine's own state (optimizer shards, fp32 master weights, loss scaler) next to each checkpoint,
+so a resumed run continues exactly. On CPU set ``DS_ACCELERATOR=cpu`` (gloo).
 """
 from __future__ import annotations
 

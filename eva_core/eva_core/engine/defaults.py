@@ -46,7 +46,8 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
     parser.add_argument("--dist-url", default="auto",
                         help="tcp://HOST:PORT of machine 0; 'auto' picks a free local port")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="allow fully unpickling checkpoints (runs code stored in them: trusted files only)")
+                        help="allow fully unpickling checkpoints (runs code stored in them: "
+                        "trusted files only)")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as key=value pairs at the end of the command")
     return parser
@@ -168,6 +169,7 @@ def default_hooks(cfg: Any, trainer: Any, checkpointer: Any, eval_fn: Callable[[
 
     max_iter = int(train_setting(cfg, "max_iter"))
     ema_model = ema.module if ema is not None else None
+    eval_period = train_setting(cfg, "eval_period", 0)
     return [
         hooks.IterationTimer(),
         hooks.LRScheduler(trainer.optimizer, lr_scheduler),
@@ -175,7 +177,7 @@ def default_hooks(cfg: Any, trainer: Any, checkpointer: Any, eval_fn: Callable[[
         hooks.PeriodicCheckpointer(checkpointer, train_setting(cfg, "checkpointer.period", 0), max_iter,
                                    final_weights_format=train_setting(cfg, "checkpointer.format", "pth"),
                                    ema_model=ema_model),
-        hooks.EvalHook(train_setting(cfg, "eval_period", 0), eval_fn, max_iter) if eval_fn is not None else None,
+        hooks.EvalHook(eval_period, eval_fn, max_iter) if eval_fn is not None else None,
         hooks.PeriodicWriter(hooks.default_writers(train_setting(cfg, "output_dir"), max_iter, tensorboard),
                              train_setting(cfg, "log_period", 20)),
     ]

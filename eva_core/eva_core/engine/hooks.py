@@ -159,7 +159,8 @@ class PeriodicCheckpointer(HookBase):
     def __init__(self, checkpointer: Any, period: int | None, max_iter: int | None = None, *,
                  final_weights_format: str = "pth", ema_model: nn.Module | None = None):
         if final_weights_format not in ("pth", "safetensors"):
-            raise ValueError(f"train.checkpointer.format must be 'pth' or 'safetensors', got {final_weights_format!r}")
+            raise ValueError(f"train.checkpointer.format must be 'pth' or 'safetensors', "
+                             f"got {final_weights_format!r}")
         self.checkpointer = checkpointer
         self.period = int(period or 0)
         self.max_iter = max_iter
@@ -194,7 +195,8 @@ class PeriodicCheckpointer(HookBase):
             if self.final_weights_format == "safetensors" and save_dir is not None:
                 self.checkpointer.save_weights(Path(save_dir) / "model_final.safetensors")
                 if self.ema_model is not None:
-                    self.checkpointer.save_weights(Path(save_dir) / "model_final_ema.safetensors", self.ema_model)
+                    self.checkpointer.save_weights(Path(save_dir) / "model_final_ema.safetensors",
+                                                   self.ema_model)
         self._note_last_checkpoint()
 
 

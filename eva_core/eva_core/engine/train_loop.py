@@ -36,11 +36,12 @@ def sum_losses(loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
         TypeError / ValueError: the model did not return a dict with at least one ``loss*`` key.
     """
     if not isinstance(loss_dict, dict):
-        raise TypeError(f"in train mode the model must return a dict of losses, got {type(loss_dict).__name__}")
+        raise TypeError(f"in train mode the model must return a dict of losses, "
+                        f"got {type(loss_dict).__name__}")
     losses = [v.float() for k, v in loss_dict.items() if k.startswith("loss")]
     if not losses:
         raise ValueError(f"the model's output has no key starting with 'loss' (keys: {sorted(loss_dict)})")
-    return torch.stack([l.reshape(()) for l in losses]).sum()
+    return torch.stack([loss.reshape(()) for loss in losses]).sum()
 
 
 class TrainerBase:
@@ -142,8 +143,8 @@ class SimpleTrainer(TrainerBase):
                  device: str | torch.device | None = None):
         super().__init__()
         if grad_accum_steps < 1 or max_nonfinite_steps < 1:
-            raise ValueError(f"need grad_accum_steps >= 1 and max_nonfinite_steps >= 1, got "
-                             f"grad_accum_steps={grad_accum_steps}, max_nonfinite_steps={max_nonfinite_steps}")
+            raise ValueError(f"need grad_accum_steps >= 1 and max_nonfinite_steps >= 1, got grad_accum_steps="
+                             f"{grad_accum_steps}, max_nonfinite_steps={max_nonfinite_steps}")
         if clip_grad is not None and not clip_grad > 0:
             raise ValueError(f"clip_grad must be a positive max gradient norm or None, got {clip_grad!r}")
         self.model = model
@@ -190,8 +191,8 @@ class SimpleTrainer(TrainerBase):
             totals.append(total.detach())
         finite = self._all_ranks_true(bool(torch.isfinite(torch.stack(totals)).all()))
         grad_norm = self._clip_and_norm() if finite else None
-        if finite and grad_norm is not None and not math.isfinite(grad_norm) and not self._scaler_handles_overflow:
-            finite = False
+        if grad_norm is not None and not math.isfinite(grad_norm) and not self._scaler_handles_overflow:
+            finite = False  # (an fp16 scaler instead skips the step and lowers its scale itself)
         self.step_taken = self._optimizer_step() if finite else False
         self.optimizer.zero_grad(set_to_none=True)
         self._write_metrics(loss_dicts, totals, data_time, grad_norm)
@@ -256,7 +257,8 @@ class SimpleTrainer(TrainerBase):
         # stay on the device until after the cross-rank mean: one device -> host copy per step
         values = torch.stack([torch.stack([d[k].detach().float().reshape(()) for k in names])
                               for d in loss_dicts]).mean(0) if names else torch.zeros(0, device=self.device)
-        values = torch.cat([values.to(self.device), torch.stack(totals).float().mean().reshape(1).to(self.device)])
+        total = torch.stack(totals).float().mean().reshape(1)
+        values = torch.cat([values.to(self.device), total.to(self.device)])
         values = comm.reduce_mean(values).cpu()
         for k, v in zip(names + ["total_loss"], values.tolist()):
             self.storage.put_scalar(k, v)
@@ -307,7 +309,8 @@ class AMPTrainer(SimpleTrainer):
         super().__init__(model, data_loader, optimizer, **kwargs)
         self.precision = resolve_amp_dtype(precision)
         if grad_scaler is None:
-            grad_scaler = build_grad_scaler(self.device, self.precision == torch.float16, **(loss_scale or {}))
+            fp16 = self.precision == torch.float16
+            grad_scaler = build_grad_scaler(self.device, fp16, **(loss_scale or {}))
         self.grad_scaler = grad_scaler
 
     @property

@@ -148,7 +148,8 @@ class ClassificationEvaluator(DatasetEvaluator):
         skipped_all = [c for c in comm.all_gather_object(self._num_skipped) if c is not None]
         if not comm.is_main_process():
             return {}
-        ranks = np.concatenate([r for part in ranks_all for r in part]) if any(ranks_all) else np.zeros(0, int)
+        ranks = (np.concatenate([r for part in ranks_all for r in part]) if any(ranks_all)
+                 else np.zeros(0, int))
         if all(part is not None for part in indices_all):
             idx = [i for part in indices_all for i in part]
             if idx:

@@ -131,7 +131,8 @@ def inference_on_dataset(model: nn.Module, data_loader: Iterable, evaluator: Dat
     return results if results is not None else {}
 
 
-def inference_on_datasets(model: nn.Module, data_loaders: Any, evaluators: Any, **kwargs: Any) -> dict[str, Any]:
+def inference_on_datasets(model: nn.Module, data_loaders: Any, evaluators: Any,
+                          **kwargs: Any) -> dict[str, Any]:
     """:func:`inference_on_dataset` over one test set or several named ones.
 
     Args:
