@@ -1,5 +1,4 @@
 """The EVA fine-tuning recipes carry the numbers of docs/recipes/classification.md and build what they say."""
-import math
 import os
 from pathlib import Path
 
@@ -19,9 +18,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "classification"
 # stage: (lr, layer decay, betas, eps, epochs, warmup, effective batch, images, label smoothing,
 #         cutmix, rrc scale, ema, image size)
 STAGES = {
-    "in21k_ft_224": (1e-4, 0.85, (0.9, 0.98), 1e-6, 60, 15, 4096, 14_197_122, 0.1, 1.0, (0.5, 1.0), None, 224),
-    "in1k_ft_336": (3e-5, 0.95, (0.9, 0.999), 1e-8, 10, 2, 512, 1_281_167, 0.3, None, (0.08, 1.0), 0.9999, 336),
-    "in1k_ft_560": (3e-5, 0.95, (0.9, 0.999), 1e-8, 15, 2, 512, 1_281_167, 0.3, None, (0.08, 1.0), 0.9999, 560),
+    "in21k_ft_224": (1e-4, 0.85, (0.9, 0.98), 1e-6, 60, 15, 4096, 14_197_122, 0.1, 1.0, (0.5, 1.0), None,
+                     224),
+    "in1k_ft_336": (3e-5, 0.95, (0.9, 0.999), 1e-8, 10, 2, 512, 1_281_167, 0.3, None, (0.08, 1.0), 0.9999,
+                    336),
+    "in1k_ft_560": (3e-5, 0.95, (0.9, 0.999), 1e-8, 15, 2, 512, 1_281_167, 0.3, None, (0.08, 1.0), 0.9999,
+                    560),
 }
 
 

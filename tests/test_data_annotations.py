@@ -48,7 +48,8 @@ def test_short_bbox_is_named_with_file_index_and_id(toy_jsons, tmp_path):
     (lambda d: d["annotations"][1].update(image_id=-5), r"annotations\[1\].*image_id.*got -5"),
     (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3]]), r"annotations\[0\].*segmentation"),
     (lambda d: d["annotations"][0].pop("iscrowd"), r"missing required key 'iscrowd'"),
-    (lambda d: d["images"][0].update(width=0), r"images\[0\] \(id \d+\): width must be a positive integer, got 0"),
+    (lambda d: d["images"][0].update(width=0),
+     r"images\[0\] \(id \d+\): width must be a positive integer, got 0"),
     (lambda d: d["images"].append(dict(d["images"][0])), r"images\[\d+\] \(id \d+\): duplicate id"),
     (lambda d: d.pop("categories"), r"top level: missing required key 'categories'"),
 ])

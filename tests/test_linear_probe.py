@@ -79,7 +79,8 @@ def test_token_avg_pool_concatenates_cls_and_mean_patch_token():
     probe = LinearProbe(enc, 4, pool="token_avg")
     assert probe.bn.num_features == probe.head.in_features == 2 * enc.num_features
     x = torch.randn(2, 3, 16, 16)
-    feats, _ = extract_features(enc, [{"image": x[0], "label": 0}, {"image": x[1], "label": 1}], pool="token_avg")
+    samples = [{"image": x[0], "label": 0}, {"image": x[1], "label": 1}]
+    feats, _ = extract_features(enc, samples, pool="token_avg")
     tokens = enc.forward_features(x)
     expected = torch.cat([tokens[:, 0], tokens[:, enc.num_prefix_tokens:].mean(1)], dim=1)
     assert torch.allclose(feats, expected, atol=1e-6)
@@ -104,7 +105,8 @@ def test_bad_arguments_are_reported():
     with pytest.raises(ValueError, match="pool"):
         LinearProbe(enc, 4, pool="max")
     with pytest.raises(ValueError, match="optimizer"):
-        linear_probe(enc, ColorBlobs(8, 0), ColorBlobs(8, 1), epochs=1, lr=0.1, batch_size=4, optimizer="adam")
+        linear_probe(enc, ColorBlobs(8, 0), ColorBlobs(8, 1), epochs=1, lr=0.1, batch_size=4,
+                     optimizer="adam")
     with pytest.raises(ValueError, match="warmup_epochs"):
         linear_probe(enc, ColorBlobs(8, 0), ColorBlobs(8, 1), epochs=1, lr=0.1, batch_size=4, warmup_epochs=1)
     with pytest.raises(ValueError, match="class count"):

@@ -58,7 +58,8 @@ def measure_peak_training_memory_cpu(cfg) -> int:
         optimizer = instantiate(opt_cfg)
         trainable = [p for p in model.parameters() if p.requires_grad]
         for _ in range(2):  # the second step runs with the optimizer state of the first
-            with torch.autocast("cpu", dtype=setup.amp_dtype or torch.bfloat16, enabled=setup.amp_dtype is not None):
+            amp_dtype = setup.amp_dtype or torch.bfloat16
+            with torch.autocast("cpu", dtype=amp_dtype, enabled=setup.amp_dtype is not None):
                 out = model(batch)
             loss = sum(v for k, v in out.items() if k.startswith("loss"))
             del out
@@ -75,7 +76,8 @@ def measure_peak_training_memory_cpu(cfg) -> int:
 
 
 # three small configs built from the real recipes with the real model classes
-SMALL_CLASSIFIER = ["model.net.embed_dim=96", "model.net.depth=3", "model.net.num_heads=4", "model.net.img_size=48",
+SMALL_CLASSIFIER = ["model.net.embed_dim=96", "model.net.depth=3", "model.net.num_heads=4",
+                    "model.net.img_size=48",
                     "dataloader.train.dataset.transform.img_size=48", "dataloader.train.total_batch_size=16"]
 SMALL_CONFIGS = {
     "tiny_classifier_fp32": ("configs/classification/toy_imagefolder.py", SMALL_CLASSIFIER),
@@ -153,7 +155,8 @@ def test_suggestions_are_valid_overrides_that_lower_the_estimate():
     suggestions = suggest_fixes(cfg, report, budget, device_type="cpu")
     by_key = {s.overrides[0].split("=")[0].lstrip("+"): s for s in suggestions}
     assert checkpointing_overrides(cfg) == ["+model.net.grad_checkpointing=True"]
-    assert {"model.net.grad_checkpointing", "train.amp.enabled", "dataloader.train.total_batch_size"} <= set(by_key)
+    expected_keys = {"model.net.grad_checkpointing", "train.amp.enabled", "dataloader.train.total_batch_size"}
+    assert expected_keys <= set(by_key)
     for s in suggestions:
         assert s.report.peak_bytes < report.peak_bytes, s.description
         LazyConfig.apply_overrides(copy.deepcopy(cfg), s.overrides)  # ready to paste: they apply cleanly
@@ -168,8 +171,9 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_eva_g_mim_estimate_on_128_gpus_is_printed_beside_the_paper_figure_and_fits_a100_40gb():
-    proc = run_tool("--config-file", "configs/pretrain/eva_g_merged30m.py", "--num-gpus", "128", "--gpu-mem", "40",
-                    "dataloader.train.total_batch_size=4096", "train.amp.enabled=True", "train.amp.dtype=float16",
+    proc = run_tool("--config-file", "configs/pretrain/eva_g_merged30m.py", "--num-gpus", "128",
+                    "--gpu-mem", "40", "dataloader.train.total_batch_size=4096",
+                    "train.amp.enabled=True", "train.amp.dtype=float16",
                     "train.zero_stage=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

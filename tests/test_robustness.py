@@ -163,6 +163,7 @@ def test_tool_multi_resolution_writes_json_and_table(tmp_path):
                        classes=CLASSES, output_dir=str(out))
     saved = json.loads((out / "robustness.json").read_text())
     assert set(saved) == {"8", "12"}
+    assert {str(k) for k in results} == set(saved)
     for res in ("8", "12"):
         for name, (top1, top5, n) in EXPECTED.items():
             assert saved[res]["sets"][name]["top1"] == pytest.approx(top1), (res, name)
@@ -178,7 +179,8 @@ def test_tool_cli_with_a_registered_model(tmp_path):
     out = tmp_path / "out"
     kwargs = json.dumps(dict(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=C))
     results = tool.main(["--model", "eva_tiny_patch16_224", "--model-kwargs", kwargs, "--device", "cpu",
-                         "--set", f"imagenet={roots['imagenet']}", "--set", f"imagenet_a={roots['imagenet_a']}",
+                         "--set", f"imagenet={roots['imagenet']}",
+                         "--set", f"imagenet_a={roots['imagenet_a']}",
                          "--classes-file", str(classes_file), "--resolutions", "16", "--num-workers", "0",
                          "--output-dir", str(out)])
     assert results[16]["sets"]["imagenet"]["num_samples"] == 4

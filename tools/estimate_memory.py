@@ -3,7 +3,8 @@
 
 Examples::
 
-    python tools/estimate_memory.py --config-file configs/pretrain/eva_g_merged30m.py --num-gpus 128 --gpu-mem 40
+    python tools/estimate_memory.py --config-file configs/pretrain/eva_g_merged30m.py \\
+        --num-gpus 128 --gpu-mem 40
     python tools/estimate_memory.py --config-file configs/classification/in1k_ft_560.py --num-gpus 8 \\
         model.net.grad_checkpointing=False
 
@@ -35,12 +36,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="LazyConfig file (.py or .yaml)")
-    parser.add_argument("--num-gpus", type=int, default=1, help="data-parallel GPUs (total batch and ZeRO shards)")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="data-parallel GPUs (total batch and ZeRO shards)")
     parser.add_argument("--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="whose optimizer defaults to simulate (cuda: foreach AdamW)")
     parser.add_argument("--no-suggestions", action="store_true", help="do not search for switches that fit")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (as lazyconfig_train_net.py)")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides key=value (as lazyconfig_train_net.py)")
     return parser.parse_args(argv)
 
 

@@ -8,7 +8,8 @@ Examples::
         --checkpoint eva_21k_1k_560px_psz14_ema_89p7.pt \\
         --set imagenet=/data/imagenet/val --set imagenet_v2=/data/imagenetv2-matched-frequency-format-val \\
         --set imagenet_real=/data/imagenet/val --set imagenet_a=/data/imagenet-a \\
-        --set imagenet_r=/data/imagenet-r --set imagenet_sketch=/data/sketch --set objectnet=/data/objectnet-1.0 \\
+        --set imagenet_r=/data/imagenet-r --set imagenet_sketch=/data/sketch \\
+        --set objectnet=/data/objectnet-1.0 \\
         --resolutions 560 448 --output-dir out/robustness
 
     # the model of a fine-tuning recipe (its cfg.model), weights from its output folder

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import pkgutil
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -307,7 +306,9 @@ class ObjectNet(_ListDataset):
         self.root = str(root)
         self.num_classes = int(num_classes)
         self.border_px = int(border_px)
-        self.mappings_dir = str(mappings_dir) if mappings_dir is not None else os.path.join(self.root, "mappings")
+        if mappings_dir is None:
+            mappings_dir = os.path.join(self.root, "mappings")
+        self.mappings_dir = str(mappings_dir)
         self.folder_to_labels = self._read_mappings()
         self.class_subset = sorted({c for labels in self.folder_to_labels.values() for c in labels})
         images = os.path.join(self.root, "images")

@@ -146,10 +146,12 @@ def read_training_setup(cfg: Any, num_gpus: int = 1) -> TrainingSetup:
     num_gpus = _positive_int(num_gpus, "--num-gpus")
     total = OmegaConf.select(cfg, "dataloader.train.total_batch_size")
     if total is None:
-        raise ValueError("config has no dataloader.train.total_batch_size; the planner reads the batch from it")
+        raise ValueError("config has no dataloader.train.total_batch_size; "
+                         "the planner reads the batch from it")
     total = _positive_int(total, "dataloader.train.total_batch_size")
     if total % num_gpus:
-        raise ValueError(f"dataloader.train.total_batch_size={total} is not divisible by --num-gpus {num_gpus}")
+        raise ValueError(f"dataloader.train.total_batch_size={total} is not divisible by "
+                         f"--num-gpus {num_gpus}")
     accum = _positive_int(_select(cfg, "train.grad_accum_steps", 1), "train.grad_accum_steps")
     amp_enabled = _select(cfg, "train.amp.enabled", False)
     if not isinstance(amp_enabled, bool):
@@ -184,7 +186,8 @@ def read_training_setup(cfg: Any, num_gpus: int = 1) -> TrainingSetup:
     else:
         stage = _select(cfg, "train.zero_stage", 0) or 0
         if stage not in (0, 1):
-            raise ValueError(f"train.zero_stage={stage!r}: expected 0 or 1 (use train.deepspeed for stages 2-3)")
+            raise ValueError(f"train.zero_stage={stage!r}: expected 0 or 1 "
+                             "(use train.deepspeed for stages 2-3)")
         setup.zero_stage = stage
     return setup
 
@@ -601,7 +604,8 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
                                                      if isinstance(teacher, torch.nn.Module) else 0),
         num_trainable=sum(p.numel() for p in trainable),
         grad_itemsize=trainable[0].element_size(),
-        model_bytes=sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())),
+        model_bytes=sum(t.numel() * t.element_size()
+                        for t in list(model.parameters()) + list(model.buffers())),
         grad_checkpointing=bool(gc_modules),
     )
 
@@ -618,7 +622,8 @@ def _sum_losses(out: Any) -> torch.Tensor:
     if isinstance(out, Mapping):
         losses = [v.float().sum() for k, v in out.items() if str(k).startswith("loss")]
         if not losses:
-            raise ValueError(f"the model's training output has no key starting with 'loss' (keys: {sorted(out)})")
+            raise ValueError("the model's training output has no key starting with 'loss' "
+                             f"(keys: {sorted(out)})")
         return sum(losses)
     if isinstance(out, torch.Tensor):
         return out.float().sum()
@@ -666,7 +671,8 @@ def estimate_training_memory(cfg: Any, num_gpus: int = 1, device_type: str = "cu
             best, best_total = row, total
     return MemoryReport(setup=setup, breakdown=best, peak_bytes=best_total,
                         activation_peak_bytes=sim["activation_peak"], num_params=sim["num_params"],
-                        num_trainable=sim["num_trainable"], num_frozen=sim["num_params"] - sim["num_trainable"],
+                        num_trainable=sim["num_trainable"],
+                        num_frozen=sim["num_params"] - sim["num_trainable"],
                         grad_checkpointing=sim["grad_checkpointing"])
 
 
@@ -716,7 +722,8 @@ def _with_overrides(cfg: Any, overrides: list[str]) -> Any:
     return LazyConfig.apply_overrides(new, overrides)
 
 
-def suggest_fixes(cfg: Any, report: MemoryReport, gpu_mem_gib: float, device_type: str = "cuda") -> list[Suggestion]:
+def suggest_fixes(cfg: Any, report: MemoryReport, gpu_mem_gib: float,
+                  device_type: str = "cuda") -> list[Suggestion]:
     """Switches that lower the peak, each re-estimated, for a config that does not fit.
 
     Tried one at a time: activation checkpointing, a higher ZeRO stage, bf16 autocast, a smaller

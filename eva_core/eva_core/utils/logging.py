@@ -12,7 +12,8 @@ __all__ = ["setup_logger"]
 _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 
 
-def setup_logger(output_dir: str | None = None, name: str = "eva_core", level: int = logging.INFO) -> logging.Logger:
+def setup_logger(output_dir: str | None = None, name: str = "eva_core",
+                 level: int = logging.INFO) -> logging.Logger:
     """Configure the ``name`` logger once per process.
 
     Rank 0 logs to stdout; every rank writes ``log.txt`` (rank 0) or ``log.txt.rank{r}`` in
