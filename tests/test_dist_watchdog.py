@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -99,20 +98,23 @@ def test_stalled_rank_is_named_by_the_heartbeat(stalled_rank_job):
     # rank 1 is named first, with its last finished iteration and the line it is stuck at
     assert re.search(rf"rank 1 made no progress for [\d.]+ s \(last iteration {STALL_ITER - 1}, in "
                      rf"stalled_rank_job\.py:\d+ run_step\)", first), first
-    # rank 0 is blocked in the all-reduce, waiting for rank 1: reported as waiting, after rank 1
-    if "rank 0" in first:
-        assert re.search(r"rank 0 made no progress for [\d.]+ s \(last iteration \d+, waiting in "
-                         r"distributed_c10d\.py:\d+ all_reduce\)", first), first
-        assert first.index("rank 1") < first.index("rank 0")
     assert f"[train.heartbeat_timeout={HEARTBEAT_TIMEOUT:g} s]" in first
+    # rank 0 is blocked in the all-reduce, waiting for rank 1: named as waiting, after rank 1 (it may
+    # join the warnings one poll later than rank 1; the stall is reported again when it doubles)
+    with_rank0 = [w for w in warnings if "rank 0 made no progress" in w]
+    assert with_rank0, warnings
+    for line in with_rank0:
+        assert re.search(r"rank 0 made no progress for [\d.]+ s \(last iteration \d+, waiting in "
+                         r"distributed_c10d\.py:\d+ all_reduce\)", line), line
+        assert line.index("rank 1 made") < line.index("rank 0 made")
 
 
 def test_blocked_collective_fails_after_train_dist_timeout_and_the_launcher_exits_nonzero(stalled_rank_job):
     assert stalled_rank_job.returncode != 0
     # rank 0's error, reported by the launcher, names the setting and the cause
     assert "CollectiveTimeoutError" in stalled_rank_job.stderr, stalled_rank_job.stderr[-3000:]
-    assert re.search(rf"rank 0: a collective operation waited more than {DIST_TIMEOUT:g} s \(train.dist_timeout\)",
-                     stalled_rank_job.stderr), stalled_rank_job.stderr[-3000:]
+    named = rf"rank 0: a collective operation waited more than {DIST_TIMEOUT:g} s \(train\.dist_timeout\)"
+    assert re.search(named, stalled_rank_job.stderr), stalled_rank_job.stderr[-3000:]
     assert "Timed out waiting" in stalled_rank_job.stderr, "the backend's own error is kept"
 
 
@@ -226,9 +228,9 @@ def test_single_process_stall_is_reported_and_recovery_is_logged(engine_log):
 def test_rank_that_never_reports_is_named_as_not_started(engine_log):
     # rank 1 of a 2-rank store never starts training (stuck before its first hook call)
     store = dist.HashStore()
-    trainer = _SleepyLoop(stall_iter=-1, stall_s=0.0, step_s=0.1)
-    trainer.register_hooks([HeartbeatHook(0.5, poll_period=0.1, store=store, rank=0, world_size=2)])
-    trainer.train(0, 20)
+    trainer = _SleepyLoop(stall_iter=-1, stall_s=0.0, step_s=0.05)
+    trainer.register_hooks([HeartbeatHook(1.0, poll_period=0.1, store=store, rank=0, world_size=2)])
+    trainer.train(0, 50)
     warnings = [r.getMessage() for r in engine_log if r.levelno == logging.WARNING]
     assert warnings
     assert re.match(r"rank 1 made no progress for [\d.]+ s \(it has not started training\); rank 0 is at "
@@ -236,12 +238,15 @@ def test_rank_that_never_reports_is_named_as_not_started(engine_log):
     assert all("rank 0 made no progress" not in w for w in warnings), "rank 0 kept finishing iterations"
 
 
+def _heartbeat_threads() -> list[str]:
+    return [th.name for th in threading.enumerate() if th.name.startswith("eva-heartbeat")]
+
+
 def test_heartbeat_timeout_zero_disables_the_watchdog(engine_log):
     seen_threads = []
     trainer = _SleepyLoop(stall_iter=1, stall_s=0.3)
     trainer.register_hooks([HeartbeatHook(0, poll_period=0.05),
-                            CallbackHook(after_step=lambda t: seen_threads.extend(
-                                th.name for th in threading.enumerate() if th.name.startswith("eva-heartbeat")))])
+                            CallbackHook(after_step=lambda t: seen_threads.extend(_heartbeat_threads()))])
     trainer.train(0, 3)
     assert seen_threads == []
     assert not [r for r in engine_log if r.levelno >= logging.WARNING]
@@ -250,11 +255,11 @@ def test_heartbeat_timeout_zero_disables_the_watchdog(engine_log):
 def test_watchdog_thread_runs_only_while_training():
     names = []
     trainer = _SleepyLoop(stall_iter=-1, stall_s=0.0)
-    trainer.register_hooks([HeartbeatHook(30.0), CallbackHook(after_step=lambda t: names.extend(
-        th.name for th in threading.enumerate() if th.name.startswith("eva-heartbeat")))])
+    trainer.register_hooks([HeartbeatHook(30.0),
+                            CallbackHook(after_step=lambda t: names.extend(_heartbeat_threads()))])
     trainer.train(0, 2)
     assert names == ["eva-heartbeat-rank0"] * 2
-    assert not [th for th in threading.enumerate() if th.name.startswith("eva-heartbeat")]
+    assert _heartbeat_threads() == []
 
 
 @pytest.mark.parametrize("bad", [-1, "60", None, True, float("inf")])

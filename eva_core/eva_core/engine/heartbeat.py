@@ -84,9 +84,12 @@ class HeartbeatHook(HookBase):
             raise ValueError(f"train.heartbeat_timeout must be a number of seconds >= 0 (0 disables the "
                              f"heartbeat), got {timeout!r}")
         if poll_period is not None and not (isinstance(poll_period, (int, float)) and poll_period > 0):
-            raise ValueError(f"HeartbeatHook: poll_period must be a positive number of seconds, got {poll_period!r}")
+            raise ValueError(f"HeartbeatHook: poll_period must be a positive number of seconds, "
+                             f"got {poll_period!r}")
         self.timeout = float(timeout)
-        self.poll_period = float(poll_period) if poll_period is not None else min(max(self.timeout / 4, 0.1), 5.0)
+        if poll_period is None:  # a stall is seen within a quarter of the timeout after it begins
+            poll_period = min(max(self.timeout / 4, 0.1), 5.0)
+        self.poll_period = float(poll_period)
         self.report_rank = int(report_rank)
         self._given_store, self._given_rank, self._given_world = store, rank, world_size
         self._thread: threading.Thread | None = None
@@ -175,8 +178,13 @@ class HeartbeatHook(HookBase):
                 if watch is not None and watch.warned and rec is not None:
                     logger.info(f"heartbeat: rank {r} is making progress again (iteration {rec['iter']})")
                 self._watches[r] = _Watch(progress, now, self.timeout)
+        # A stall is seen up to two polls late (the stalled rank's publication, then this check),
+        # so ranks that stopped together (one waiting in a collective for the other) can cross the
+        # timeout one poll apart: name everyone within that lag, or the first warning would name
+        # only the waiting rank and call the stalled one "moving".
+        lag = min(2 * self.poll_period, self.timeout / 2)
         stalled = [r for r, w in self._watches.items()
-                   if not (records[r] or {}).get("done") and now - w.since > self.timeout]
+                   if not (records[r] or {}).get("done") and now - w.since > self.timeout - lag]
         if not any(now - self._watches[r].since > self._watches[r].warn_after for r in stalled):
             return
         # ranks waiting inside a collective are blocked by the others: name the others first
