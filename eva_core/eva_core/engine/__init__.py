@@ -23,13 +23,13 @@ __all__ = ["TrainerBase", "SimpleTrainer", "AMPTrainer", "DeepSpeedTrainer", "ho
            "train_from_config"]
 
 _LAZY = {"launch": ".launch", "default_argument_parser": ".defaults", "default_setup": ".defaults",
-         "default_hooks": ".defaults", "create_ddp_model": ".defaults", "build_zero_optimizer": ".defaults",
+         "default_hooks": ".defaults", "create_ddp_model": ".parallel", "build_zero_optimizer": ".parallel",
          "build_eval_function": ".defaults", "train_from_config": ".defaults",
          "DeepSpeedTrainer": ".deepspeed_engine"}
 
 
 def __getattr__(name: str):
-    # launch.py / defaults.py / deepspeed_engine.py are separate modules; import them only when asked for
+    # launch / defaults / parallel / deepspeed_engine are separate modules: import them only when asked for
     if name in _LAZY:
         import importlib
 

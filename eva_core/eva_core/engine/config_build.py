@@ -142,7 +142,7 @@ def build_trainer(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
     Raises:
         ValueError: ``train.zero_stage`` is not 0 or 1.
     """
-    from .defaults import build_zero_optimizer, create_ddp_model
+    from .parallel import build_zero_optimizer, create_ddp_model
     from .train_loop import AMPTrainer, SimpleTrainer
 
     common = dict(grad_accum_steps=int(train_setting(cfg, "grad_accum_steps", 1)),

@@ -1,10 +1,9 @@
 """What every training script shares (detectron2's ``engine/defaults.py``): command-line flags,
-per-process setup, DDP / ZeRO wrapping, the default hooks, and the composition of a whole run
-from a LazyConfig (:func:`train_from_config`, :func:`build_eval_function`)."""
+per-process setup, DDP / ZeRO wrapping (from :mod:`.parallel`), the default hooks, and the
+composition of a whole run from a LazyConfig (:func:`train_from_config`, :func:`build_eval_function`)."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import random
@@ -18,6 +17,8 @@ import torch
 from eva_core.config import LazyConfig
 from eva_core.utils import comm
 from eva_core.utils.logging import setup_logger
+
+from .parallel import build_zero_optimizer, create_ddp_model
 
 __all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "set_deterministic",
            "create_ddp_model", "build_zero_optimizer", "default_hooks", "build_eval_function",
@@ -115,41 +116,6 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     # detectron2's default: autotuning pays off only when input shapes repeat
     torch.backends.cudnn.benchmark = benchmark
     return logger
-
-
-# ---------------------------------------------------------------------------------- wrapping
-def create_ddp_model(model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
-    """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (on this
-    rank's GPU when the model is on CUDA); return it unchanged otherwise."""
-    if comm.get_world_size() == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    p = next(model.parameters(), None)
-    if p is not None and p.device.type == "cuda":
-        ddp_kwargs = {"device_ids": [p.device.index], **ddp_kwargs}
-    return DistributedDataParallel(model, **ddp_kwargs)
-
-
-def build_zero_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Re-create ``optimizer`` as a torch ``ZeroRedundancyOptimizer`` (ZeRO stage 1).
-
-    Param groups (with their ``lr_scale`` / ``weight_decay``) are kept; each rank stores the
-    optimizer state of its shard only.
-
-    Raises:
-        ValueError: the optimizer already has state.
-    """
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    if len(optimizer.state) > 0:
-        raise ValueError("build_zero_optimizer needs a fresh optimizer (its state is not empty)")
-    groups = [dict(g) for g in optimizer.param_groups]
-    # ``defaults`` can hold derived entries the constructor does not take (AdamW's
-    # decoupled_weight_decay); the groups carry every value anyway
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **defaults)
 
 
 # ------------------------------------------------------------------------------------- hooks
