@@ -259,6 +259,28 @@ def test_config_builders_and_train_from_config_build_and_train_a_lazy_config(tmp
     assert ck["iteration"] == 19 and {"ema", "scheduler", "optimizer", "data_loader"} <= set(ck)
 
 
+def test_train_from_config_names_a_stalled_rank_after_train_heartbeat_timeout(tmp_path, caplog):
+    import time
+
+    from eva_core.engine.defaults import default_hooks, train_from_config
+    from eva_core.engine.heartbeat import HeartbeatHook
+
+    cfg = _toy_config(tmp_path, max_iter=6, heartbeat_timeout=0.3)
+    stall = CallbackHook(before_step=lambda t: t.iter == 3 and time.sleep(1.5))
+    with caplog.at_level("INFO", logger="eva_core.engine"):
+        train_from_config(cfg, extra_hooks=[stall], tensorboard=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("rank 0 made no progress for ") and "last iteration 2" in w
+               and "[train.heartbeat_timeout=0.3 s]" in w for w in warnings), warnings
+    off = default_hooks(_toy_config(tmp_path, heartbeat_timeout=0), _StubTrainer(), checkpointer=None)
+    assert [h.enabled for h in off if isinstance(h, HeartbeatHook)] == [False]
+
+
+class _StubTrainer:
+    optimizer = None
+    unwrapped_model = None
+
+
 def _all_params(model):
     return list(model.parameters())
 

@@ -123,20 +123,24 @@ def default_hooks(cfg: Any, trainer: Any, checkpointer: Any, eval_fn: Callable[[
                   lr_scheduler: Any = None, ema: Any = None, tensorboard: bool = True) -> list:
     """The hooks of a run described by ``cfg.train``, in the order they must run.
 
-    Iteration timer; lr logging and ``lr_scheduler`` steps; EMA updates (``ema``); periodic and
-    final checkpoints (``train.checkpointer.{period,format}``); evaluation with ``eval_fn`` every
-    ``train.eval_period`` iterations and after the last (skipped when ``eval_fn`` is None);
-    metrics to the console, ``metrics.json`` and TensorBoard every ``train.log_period``.
-    Checkpoints come before evaluation so a crash in evaluation never loses the weights, and
-    the writer comes last so a record holds the iteration's evaluation results.
+    Heartbeat (a watchdog thread naming ranks that finished no iteration for
+    ``train.heartbeat_timeout`` seconds, default 60, 0: off; in one process it only watches this
+    process); iteration timer; lr logging and ``lr_scheduler`` steps; EMA updates (``ema``);
+    periodic and final checkpoints (``train.checkpointer.{period,format}``); evaluation with
+    ``eval_fn`` every ``train.eval_period`` iterations and after the last (skipped when
+    ``eval_fn`` is None); metrics to the console, ``metrics.json`` and TensorBoard every
+    ``train.log_period``. Checkpoints come before evaluation so a crash in evaluation never loses
+    the weights, and the writer comes last so a record holds the iteration's evaluation results.
     """
     from . import hooks
     from .config_build import train_setting
+    from .heartbeat import HeartbeatHook
 
     max_iter = int(train_setting(cfg, "max_iter"))
     ema_model = ema.module if ema is not None else None
     eval_period = train_setting(cfg, "eval_period", 0)
     return [
+        HeartbeatHook(train_setting(cfg, "heartbeat_timeout", 60.0)),
         hooks.IterationTimer(),
         hooks.LRScheduler(trainer.optimizer, lr_scheduler),
         hooks.EMAHook(ema, trainer.unwrapped_model) if ema is not None else None,
