@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -30,10 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint.io import load_file, save_atomic
+from ..checkpoint.io import CheckpointFormatError, load_file, save_atomic
+from ..checkpoint.loader import CheckpointMismatchError, LoadReport
 from ..utils import comm
 
-__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model", "load_model_weights"]
+__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "unwrap_model", "load_model_weights",
+           "load_training_weights"]
 
 logger = logging.getLogger("eva_core.engine")
 
@@ -114,6 +117,8 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         self.allow_pickle = allow_pickle
         self.checkpointables = {k: v for k, v in checkpointables.items() if v is not None}
+        #: the :class:`~eva_core.checkpoint.LoadReport` of the last model load (None before one)
+        self.last_load_report: LoadReport | None = None
 
     # ---------------------------------------------------------------- saving
     def _consolidated_state(self, name: str, obj: Any) -> dict | None:
@@ -205,25 +210,39 @@ class Checkpointer:
                 p.unlink(missing_ok=True)
 
     # --------------------------------------------------------------- loading
-    def resume_or_load(self, path: str | os.PathLike | None, *, resume: bool = True) -> dict[str, Any]:
-        """detectron2's ``resume_or_load``: with ``resume`` and a ``last_checkpoint`` in
-        ``save_dir``, restore the complete training state from it; otherwise load only the model
-        weights of ``path`` (``train.init_checkpoint``; nothing when empty) through
-        :func:`load_model_weights`. Temporaries left by a killed write are removed first.
+    def resume_or_load(self, path: str | os.PathLike | None, *, resume: bool = True,
+                       min_loaded: float | str | None = None) -> dict[str, Any]:
+        """detectron2's ``resume_or_load``: with ``resume`` and a checkpoint in ``save_dir``,
+        restore the complete training state from it; otherwise load only the model weights of
+        ``path`` (``train.init_checkpoint``; nothing when empty) through :func:`load_model_weights`,
+        refusing a load of fewer tensors than ``min_loaded`` asks. Temporaries left by a killed
+        write are removed first. Either load logs one line (file, layout, tensors loaded / total,
+        missing, unexpected, shape-mismatched).
+
+        A resume never starts over while a readable checkpoint exists: when the file
+        ``last_checkpoint`` names is missing or corrupt, the newest readable ``model_*.pth`` is
+        used and a WARNING names both files.
 
         Returns:
             the unconsumed entries of the resumed checkpoint (``iteration`` among them; resume
             at ``iteration + 1``), or ``{}`` when nothing was resumed.
+
+        Raises:
+            CheckpointMismatchError: the weights do not fit the model (resume: any difference;
+                ``path``: fewer than ``min_loaded``), naming the file and the first missing keys.
+            CheckpointFormatError: no checkpoint of ``save_dir`` is readable, or one holds a type
+                outside the unpickling allowlist.
         """
         self.remove_stale_temp_files()
         comm.synchronize()
         if resume and self.has_checkpoint():
-            last = self.get_checkpoint_file()
-            extra = self.load(last)
+            last, state = self._read_newest_readable()
+            extra = self._apply_state(state, last)
             logger.info(f"Resumed from {last}: continuing at iteration {int(extra.get('iteration', -1)) + 1}")
             return extra
         if path:
-            load_model_weights(self.model, path, allow_pickle=self.allow_pickle)
+            self.last_load_report = load_model_weights(self.model, path, allow_pickle=self.allow_pickle,
+                                                       min_loaded=min_loaded)
         return {}
 
     def get_checkpoint_file(self) -> Path | None:
@@ -235,9 +254,20 @@ class Checkpointer:
             return None
         return self.save_dir / tag.read_text().strip()
 
+    def resume_candidates(self) -> list[Path]:
+        """The files a resume may start from, in the order it tries them: the one
+        ``last_checkpoint`` names, then every other ``model_*.pth`` of ``save_dir``, newest first."""
+        if self.save_dir is None or not self.save_dir.is_dir():
+            return []
+        named = self.get_checkpoint_file()
+        others = [p for p in self.save_dir.glob("model_*.pth")
+                  if p != named and (p.name == "model_final.pth" or _PERIODIC.match(p.name))]
+        others.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+        return ([named] if named is not None and named.is_file() else []) + others
+
     def has_checkpoint(self) -> bool:
-        path = self.get_checkpoint_file()
-        return path is not None and path.is_file()
+        """Whether ``save_dir`` holds a checkpoint to resume from."""
+        return bool(self.resume_candidates())
 
     def load(self, path: str | os.PathLike, checkpointables: list[str] | None = None) -> dict[str, Any]:
         """Restore the model and the named checkpointables (all by default) from ``path``.
@@ -245,15 +275,45 @@ class Checkpointer:
         Returns the entries of the file that were not consumed (e.g. ``iteration``).
 
         Raises:
-            KeyError: a requested checkpointable is missing from the file.
+            KeyError: the file is no training checkpoint, or a requested checkpointable is missing.
+            CheckpointMismatchError: the model's tensors differ from the file's (names or shapes).
             FileNotFoundError: in DeepSpeed mode, the checkpoint has no DeepSpeed state folder.
         """
+        return self._apply_state(self._read(path), path, checkpointables)
+
+    def _read(self, path: str | os.PathLike) -> dict[str, Any]:
         state = load_file(path, allow_pickle=self.allow_pickle)
         if not isinstance(state, dict) or "model" not in state:
             found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
             raise KeyError(f"{path}: not a training checkpoint (expected a dict with key 'model', "
                            f"found {found})")
-        self.model.load_state_dict(state.pop("model"))
+        return state
+
+    def _read_newest_readable(self) -> tuple[Path, dict[str, Any]]:
+        """The first of :meth:`resume_candidates` that reads, with its content."""
+        named = self.get_checkpoint_file()
+        unreadable = []
+        for path in self.resume_candidates():
+            try:
+                state = self._read(path)
+            except CheckpointFormatError as e:
+                if isinstance(e.__cause__, pickle.UnpicklingError):
+                    raise  # the allowlist refused it: a decision for the user, not a damaged file
+                logger.warning(f"Cannot resume from {path}: {e}")
+                unreadable.append(path)
+                continue
+            if path != named:
+                why = ("is missing" if named is None or not named.is_file() else "is unreadable")
+                logger.warning(f"{named if named is not None else self.save_dir / 'last_checkpoint'} {why}: "
+                               f"resuming from {path}, the newest readable checkpoint of {self.save_dir}")
+            return path, state
+        raise CheckpointFormatError(f"--resume: no readable checkpoint in {self.save_dir} (tried "
+                                    f"{[p.name for p in unreadable]}); delete them to start over")
+
+    def _apply_state(self, state: dict[str, Any], path: str | os.PathLike,
+                     checkpointables: list[str] | None = None) -> dict[str, Any]:
+        state = dict(state)
+        report = load_training_weights(self.model, state.pop("model"), path)
         names = list(self.checkpointables) if checkpointables is None else checkpointables
         for name in names:
             if name not in state:
@@ -262,7 +322,8 @@ class Checkpointer:
         if self.deepspeed_engine is not None:
             self._load_deepspeed_state(path)
         self._restore_rng(path, state.pop("rng_states", None))
-        logger.info(f"Loaded checkpoint {path}")
+        self.last_load_report = report
+        logger.info(f"Loaded checkpoint {report}")
         return state
 
     def _load_deepspeed_state(self, path: str | os.PathLike) -> None:
@@ -317,10 +378,49 @@ def _safe_deepspeed_reads(engine: Any, allow_pickle: bool):
         ckpt_engine.load = original
 
 
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False) -> None:
-    """Load the weights of ``path`` (``train.init_checkpoint``, or a training checkpoint) into
-    ``model`` through ``eva_core.load_checkpoint``, which unwraps ``model`` / ``module`` /
-    ``model_ema`` / ``state_dict`` and maps foreign layouts."""
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False,
+                       min_loaded: float | str | None = None) -> LoadReport:
+    """Load the weights of ``path`` (``train.init_checkpoint``, a weights export or a training
+    checkpoint) into ``model`` through ``eva_core.load_checkpoint``, which unwraps ``model`` /
+    ``module`` / ``model_ema`` / ``state_dict``, maps foreign layouts and finds the encoder under
+    any wrapper prefix, and log its one-line report (a WARNING when anything was missing,
+    unexpected or shape-mismatched, e.g. the new head of a fine-tuning run).
+
+    Args:
+        min_loaded: ``load_checkpoint``'s check: a share of the model's tensors that must load
+            (``1.0``: all), ``"encoder"`` (every encoder tensor, a classifier head may be new), or
+            None (any overlap).
+
+    Raises:
+        CheckpointMismatchError: fewer tensors fit than ``min_loaded`` asks; the message names the
+            file and the first missing keys, and nothing was loaded.
+    """
     from eva_core import load_checkpoint
 
-    load_checkpoint(model, str(path), allow_pickle=allow_pickle)
+    report = load_checkpoint(model, str(path), allow_pickle=allow_pickle, min_loaded=min_loaded)
+    logger.log(logging.INFO if report.ok else logging.WARNING, f"Loaded weights {report}")
+    return report
+
+
+def load_training_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                          path: str | os.PathLike) -> LoadReport:
+    """Load the ``model`` entry of our own training checkpoint ``path``, which must fit exactly.
+
+    Raises:
+        CheckpointMismatchError: a tensor is missing, unexpected or of another shape (the message
+            names the file and the first keys); nothing is loaded then.
+    """
+    target = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in state_dict.items()
+                  if k in target and tuple(v.shape) != tuple(target[k].shape)]
+    report = LoadReport(
+        source=os.fspath(path), layout="training checkpoint", total=len(target),
+        loaded=sorted(k for k in state_dict if k in target and k not in {m[0] for m in mismatched}),
+        missing=sorted(k for k in target if k not in state_dict),
+        unexpected=sorted(k for k in state_dict if k not in target), mismatched=mismatched)
+    if not report.ok:
+        raise CheckpointMismatchError(
+            f"{path}: the checkpoint's model does not fit {type(model).__name__} (a resume restores "
+            f"every tensor), first missing: {report.missing[:5]}; {report}")
+    model.load_state_dict(state_dict)
+    return report
