@@ -14,15 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
+from eva_core.checkpoint import CheckpointMismatchError
 from eva_core.config import ConfigFileError, LazyConfig, UnknownConfigKeyError
 from eva_core.engine.defaults import default_argument_parser, default_setup
 from eva_core.engine.launch import launch
+from eva_core.engine.resume import ResumeConfigError
 from eva_core.utils import comm
 
 logger = logging.getLogger("eva_core")
+
+#: errors that refuse a run for a reason the user can fix: exit status 2 with the message
+REFUSALS = (CheckpointMismatchError, ResumeConfigError, FileNotFoundError)
 
 
 def load_config(args: argparse.Namespace):
@@ -66,32 +72,63 @@ def do_train(args: argparse.Namespace, cfg) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """One process's run; a refusal (a checkpoint that does not fit the model, a resume override
+    the checkpoint supersedes, nothing to evaluate) prints ``error: ...`` and exits with status 2."""
+    try:
+        return run(args)
+    except REFUSALS as e:
+        if comm.is_main_process():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from e
+
+
+def run(args: argparse.Namespace) -> dict:
     # engine modules are imported in the worker: keeps --help fast
-    from eva_core.engine.checkpointer import Checkpointer
     from eva_core.engine.config_build import build_model
+    from eva_core.engine.defaults import load_weights_for_eval
 
     cfg = load_config(args)
-    default_setup(cfg, args)
     if args.eval_only:
-        # the model and the test sets only: no train loader, no optimizer
+        # the model and the test sets only: no train loader, no optimizer; the weights are loaded
+        # (and checked) before the output dir is written, so a wrong checkpoint leaves nothing behind
         model = build_model(cfg)
-        # init_checkpoint when one is given, else the last checkpoint of train.output_dir
-        use_last = args.resume or not cfg.train.init_checkpoint
-        allow_pickle = bool(cfg.train.get("allow_pickle", False))
-        checkpointer = Checkpointer(model, cfg.train.output_dir, allow_pickle=allow_pickle)
-        if use_last and not checkpointer.has_checkpoint():
-            raise FileNotFoundError(
-                f"--eval-only: no train.init_checkpoint given and no checkpoint in "
-                f"train.output_dir={cfg.train.output_dir!r}; nothing to evaluate")
-        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=use_last)
+        report = load_weights_for_eval(cfg, model, resume=args.resume)
+        default_setup(cfg, args)
+        logger.info(f"--eval-only weights: {report}")
         results = do_test(cfg, model)
     else:
-        results = do_train(args, cfg)
+        output_dir = cfg.train.get("output_dir")
+        created = bool(output_dir) and not Path(output_dir).exists()
+        default_setup(cfg, args)
+        try:
+            results = do_train(args, cfg)
+        except CheckpointMismatchError:
+            # refused before the first iteration: a folder this command created holds nothing
+            # but its config record and log
+            if created:
+                _remove_refused_output_dir(Path(output_dir))
+            raise
     print_results(results)
     return results
 
 
+def _remove_refused_output_dir(output_dir: Path) -> None:
+    """Delete ``output_dir`` (rank 0) unless it holds a checkpoint: the run stopped before its
+    first iteration, so only its config record, log and empty metric files are there."""
+    comm.synchronize()
+    if not comm.is_main_process():
+        return
+    if not any(p.name.startswith(("model_", "last_checkpoint")) for p in output_dir.rglob("*")):
+        for handler in list(logger.handlers):  # the log file of this run goes with the folder
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == output_dir:
+                logger.removeHandler(handler)
+                handler.close()
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def invoke_main() -> None:
+    from torch.multiprocessing import ProcessExitedException
+
     args = default_argument_parser().parse_args()
     if not args.config_file:
         print("error: --config-file is required", file=sys.stderr)
@@ -105,15 +142,20 @@ def invoke_main() -> None:
     if init and not Path(init).is_file():
         print(f"error: train.init_checkpoint={init!r} does not exist", file=sys.stderr)
         sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        timeout=cfg.train.get("dist_timeout"),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            timeout=cfg.train.get("dist_timeout"),
+        )
+    except ProcessExitedException as e:
+        # a spawned rank refused the run (it printed why and exited 2) or died: same status here
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ Recipes import it with ``from ..common.train import train`` and change what they
 train = dict(
     output_dir="./output",
     init_checkpoint="",  # weights loaded before training (ignored when resuming)
+    # least share of the model's tensors a checkpoint must fill, else the run stops naming the file
+    # and the first missing keys: a number in [0, 1] (1.0: every tensor, 0: any overlap) or
+    # "encoder" (every encoder tensor; a classifier head may be new). Each load logs one line.
+    min_loaded=dict(
+        init="encoder",  # train.init_checkpoint (fine-tuning: a new head is listed, not fatal)
+        eval=1.0,  # --eval-only: evaluating a randomly initialised head or block would be wrong
+    ),
     max_iter=90000,
     amp=dict(
         enabled=False,

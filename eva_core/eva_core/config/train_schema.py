@@ -17,7 +17,7 @@ whose keys are the keyword arguments of a callable (``train.ddp`` -> torch's
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 __all__ = ["SECTION", "KwargsOf", "TRAIN_KEYS", "register_train_keys", "train_key_type",
            "closest_train_keys"]
@@ -79,6 +79,9 @@ TRAIN_KEYS: dict[str, Any] = {
     "allow_pickle": bool,
     "dist_timeout": Optional[float],
     "heartbeat_timeout": float,
+    "min_loaded": SECTION,
+    "min_loaded.init": Union[float, str],
+    "min_loaded.eval": Union[float, str],
 }
 
 

@@ -4,6 +4,7 @@ composition of a whole run from a LazyConfig (:func:`train_from_config`, :func:`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -20,9 +21,9 @@ from eva_core.utils.logging import setup_logger
 
 from .parallel import build_zero_optimizer, create_ddp_model
 
-__all__ = ["default_argument_parser", "default_setup", "seed_all_rng", "set_deterministic",
-           "create_ddp_model", "build_zero_optimizer", "default_hooks", "build_eval_function",
-           "train_from_config", "TrainResult"]
+__all__ = ["default_argument_parser", "default_setup", "config_record_name", "seed_all_rng",
+           "set_deterministic", "create_ddp_model", "build_zero_optimizer", "default_hooks",
+           "build_eval_function", "train_from_config", "load_weights_for_eval", "TrainResult"]
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -71,22 +72,48 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def config_record_name(cfg: Any, args: argparse.Namespace) -> str:
+    """The file in ``train.output_dir`` that records the config of this invocation.
+
+    ``config.yaml`` is the record of the training run and is written only by a run that trains
+    from the start. ``--eval-only`` writes ``config_eval.yaml``; ``--resume`` of a run that has a
+    checkpoint writes ``config_resume_<n>.yaml`` (n = 1, 2, ...), so the training record keeps
+    saying what trained the model (and re-training from it never starts from ``model_final.pth``).
+    """
+    from .checkpointer import Checkpointer
+    from .resume import next_resume_record_name
+
+    output_dir = cfg.train.get("output_dir")
+    if getattr(args, "eval_only", False):
+        return "config_eval.yaml"
+    if getattr(args, "resume", False) and output_dir and Checkpointer(None, output_dir).has_checkpoint():
+        return next_resume_record_name(output_dir)
+    return "config.yaml"
+
+
 def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     """Prepare this process for a run described by ``cfg``.
 
-    Creates ``train.output_dir``; rank 0 saves the full config there as ``config.yaml``;
-    logs to the console (rank 0) and to ``log.txt`` in the output dir (``log.txt.rank{r}`` on
-    other ranks); seeds python, numpy and torch with ``train.seed + rank`` (a negative or missing
-    seed draws a random one, which is logged); asks for deterministic kernels when
-    ``train.deterministic`` is true; sets ``torch.backends.cudnn.benchmark`` to
-    ``train.cudnn_benchmark`` (default False, as detectron2).
+    With ``args.resume`` and a checkpoint in ``train.output_dir``, first compares ``cfg`` with
+    the run's config record (:func:`eva_core.engine.resume.check_resume_config`): a change the
+    checkpoint's state supersedes is refused before anything is written, every other change is
+    logged with how it is applied. Then creates ``train.output_dir``; rank 0 saves the full config
+    there (``config.yaml``, ``config_eval.yaml`` or ``config_resume_<n>.yaml``:
+    :func:`config_record_name`); logs to the console (rank 0) and to ``log.txt`` in the output
+    dir (``log.txt.rank{r}`` on other ranks); seeds python, numpy and torch with
+    ``train.seed + rank`` (a negative or missing seed draws a random one, which is logged); asks
+    for deterministic kernels when ``train.deterministic`` is true; sets
+    ``torch.backends.cudnn.benchmark`` to ``train.cudnn_benchmark`` (default False, as detectron2).
 
     Raises:
         ValueError: ``train.deterministic`` and ``train.cudnn_benchmark`` are both true.
+        ResumeConfigError: ``--resume`` with a change the checkpoint supersedes (batch size, seed...).
 
     Returns:
         the ``eva_core`` logger.
     """
+    from .resume import check_resume_config
+
     train = cfg.train
     deterministic = bool(train.get("deterministic", False))
     benchmark = bool(train.get("cudnn_benchmark", False))
@@ -94,6 +121,10 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
         raise ValueError("train.cudnn_benchmark=True conflicts with train.deterministic=True: "
                          "cuDNN autotuning picks kernels by timing; set one of them to False")
     output_dir = train.get("output_dir")
+    record_name = config_record_name(cfg, args)
+    resume_changes = []
+    if record_name.startswith("config_resume_"):
+        resume_changes = check_resume_config(cfg, output_dir, log=False)  # raises before any write
     rank = comm.get_rank()
     if output_dir and comm.is_main_process():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -105,8 +136,10 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     logger.info("command line: %s", " ".join(sys.argv))
     if getattr(args, "config_file", ""):
         logger.info("config file %s", args.config_file)
+    if resume_changes:
+        check_resume_config(cfg, output_dir)  # logs how each change is applied
     if output_dir and comm.is_main_process():
-        path = LazyConfig.save(cfg, Path(output_dir) / "config.yaml")
+        path = LazyConfig.save(cfg, Path(output_dir) / record_name)
         logger.info("full config saved to %s", path)
     seed = train.get("seed", 0)
     seed = int(seed) if seed is not None and seed >= 0 else random.SystemRandom().randrange(2**31)
@@ -178,6 +211,38 @@ def build_eval_function(cfg: Any, model: torch.nn.Module, ema: Any = None) -> Ca
     return evaluate
 
 
+def load_weights_for_eval(cfg: Any, model: torch.nn.Module, *, resume: bool = False) -> Any:
+    """Load the weights ``--eval-only`` evaluates into ``model``: ``train.init_checkpoint`` when
+    one is given (and not ``resume``), else the last checkpoint of ``train.output_dir``.
+
+    ``train.init_checkpoint`` must fill at least ``train.min_loaded.eval`` of the model (default
+    1.0, every tensor: evaluating a randomly initialised head or block gives a meaningless
+    number); a checkpoint of ``train.output_dir`` must fit exactly. The load logs one line.
+
+    Returns:
+        the load's :class:`~eva_core.checkpoint.LoadReport`.
+
+    Raises:
+        FileNotFoundError: no ``train.init_checkpoint`` and no checkpoint in ``train.output_dir``.
+        CheckpointMismatchError: the checkpoint fills too little of the model (the message names
+            the file and the first missing keys); nothing is loaded then.
+    """
+    from .checkpointer import Checkpointer
+    from .config_build import train_setting
+
+    output_dir, init = train_setting(cfg, "output_dir"), train_setting(cfg, "init_checkpoint")
+    use_last = resume or not init
+    allow_pickle = bool(train_setting(cfg, "allow_pickle", False))
+    checkpointer = Checkpointer(model, output_dir, allow_pickle=allow_pickle)
+    if use_last and not checkpointer.has_checkpoint():
+        raise FileNotFoundError(
+            f"--eval-only: no train.init_checkpoint given and no checkpoint in "
+            f"train.output_dir={output_dir!r}; nothing to evaluate")
+    # the last checkpoint is our own and restores exactly; an init checkpoint is checked by share
+    checkpointer.resume_or_load(init, resume=use_last, min_loaded=train_setting(cfg, "min_loaded.eval", 1.0))
+    return checkpointer.last_load_report
+
+
 class TrainResult(NamedTuple):
     """What :func:`train_from_config` returns."""
 
@@ -194,9 +259,20 @@ def train_from_config(cfg: Any, *, resume: bool = False, extra_hooks: Sequence[A
     Builds model, optimizer, train loader, trainer, lr schedule, EMA and checkpointer
     (:mod:`eva_core.engine.config_build`), registers :func:`default_hooks` and then
     ``extra_hooks``, and trains up to ``train.max_iter``.
+
+    ``train.init_checkpoint`` must fill at least ``train.min_loaded.init`` of the model (default
+    ``"encoder"``: every encoder tensor; a new classifier head is listed in the load's log line,
+    not fatal). A resume restores the complete training state, except that the optimizer's group
+    hyperparameters and the lr schedule are the config's (:mod:`eva_core.engine.resume`; the
+    comparison with the run's config record is :func:`default_setup`'s).
+
+    Raises:
+        CheckpointMismatchError: the init checkpoint fills too little of the model, or the resumed
+            checkpoint's model differs from the config's; nothing has trained then.
     """
     from .config_build import (build_checkpointer, build_ema, build_lr_scheduler, build_model,
                                build_optimizer, build_train_loader, build_trainer, train_setting)
+    from .resume import config_hyperparameters_kept
 
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
@@ -208,7 +284,11 @@ def train_from_config(cfg: Any, *, resume: bool = False, extra_hooks: Sequence[A
     hooks = default_hooks(cfg, trainer, checkpointer, eval_fn, lr_scheduler=lr_scheduler, ema=ema,
                           tensorboard=tensorboard)
     trainer.register_hooks([*hooks, *extra_hooks])
-    resumed = checkpointer.resume_or_load(train_setting(cfg, "init_checkpoint") or None, resume=resume)
+    keep = (contextlib.nullcontext() if getattr(trainer, "engine", None) is not None  # DeepSpeed's own groups
+            else config_hyperparameters_kept(trainer.optimizer, lr_scheduler))
+    with keep:
+        resumed = checkpointer.resume_or_load(train_setting(cfg, "init_checkpoint") or None, resume=resume,
+                                              min_loaded=train_setting(cfg, "min_loaded.init", "encoder"))
     if ema is not None and not resumed:
         ema.set(model)  # the average starts from the loaded init weights, not the random ones
     start_iter = int(resumed.get("iteration", -1)) + 1
