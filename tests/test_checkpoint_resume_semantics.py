@@ -141,7 +141,7 @@ def test_init_checkpoint_with_unrelated_keys_fails_naming_file_and_missing_keys(
                    f"train.init_checkpoint={unrelated_checkpoint}", f"train.output_dir={out}")
     assert str(unrelated_checkpoint) in err and "min_loaded='encoder'" in err
     assert re.search(r"first missing: \['net\.blocks\.0\.", err), err
-    assert not out.exists(), "a refused run leaves no output dir behind (and trained nothing)"
+    assert not list(out.glob("model_*")), "refused before the first iteration"
 
 
 def test_init_checkpoint_load_is_logged_in_one_line(tool, trained, data_overrides, tmp_path):

@@ -102,3 +102,44 @@ def test_dict_and_word_boolean_overrides_apply_and_unreadable_val_image_is_count
     assert "ema/top1" in results, f"EMA must be on: {results}"
     assert results["num_skipped"] == 1, results
     assert results["num_samples"] == NUM_CLASSES * VAL_PER_CLASS - 1, "the unreadable image is not replaced"
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+@pytest.fixture(scope="module")
+def unrelated_checkpoint(tmp_path_factory):
+    import torch
+
+    from eva_core.checkpoint import save_atomic
+
+    path = tmp_path_factory.mktemp("unrelated") / "resnet_like.pth"
+    weights = {"conv1.weight": torch.randn(8, 3, 7, 7), "fc.weight": torch.randn(5, 8)}
+    save_atomic({"state_dict": weights}, path)
+    return path
+
+
+@pytest.mark.parametrize("flags, needed", [
+    # evaluation needs every tensor; the two-process run refuses in its spawned workers
+    (["--eval-only"], "min_loaded 100.0%"),
+    (["--num-gpus", "2", "train.max_iter=2"], "min_loaded='encoder'"),
+])
+def test_unrelated_checkpoint_exits_2_naming_file_and_missing_keys(flags, needed, toy_paths,
+                                                                   unrelated_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = _run_tool("--config-file", TOY_CONFIG, *flags, *_data_overrides(toy_paths),
+                     f"train.init_checkpoint={unrelated_checkpoint}", f"train.output_dir={out}")
+    _assert_refused(proc, out, f"error: {unrelated_checkpoint}", needed, "first missing: ['net.")
+
+
+def test_resume_with_changed_batch_size_exits_2_and_writes_nothing(toy_paths, tmp_path):
+    out = tmp_path / "out"
+    trained = _run_tool("--config-file", TOY_CONFIG, *_data_overrides(toy_paths), "train.max_iter=2",
+                        "train.eval_period=0", "train.checkpointer.period=2", f"train.output_dir={out}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = _run_tool("--config-file", out / "config.yaml", "--resume", "dataloader.train.total_batch_size=16",
+                     "train.max_iter=4")
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "dataloader.train.total_batch_size: 8 -> 16" in proc.stderr
+    assert str(out / "config.yaml") in proc.stderr, "the message names the record it compared with"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before, "a refused resume writes nothing"

@@ -77,8 +77,9 @@ def main(args: argparse.Namespace) -> dict:
     try:
         return run(args)
     except REFUSALS as e:
-        if comm.is_main_process():
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        # every rank says it: the launcher stops the others as soon as the first one exits
+        where = f" [rank {comm.get_rank()}]" if comm.get_world_size() > 1 else ""
+        print(f"error: {e}{where}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
 
 
@@ -97,28 +98,17 @@ def run(args: argparse.Namespace) -> dict:
         logger.info(f"--eval-only weights: {report}")
         results = do_test(cfg, model)
     else:
-        output_dir = cfg.train.get("output_dir")
-        created = bool(output_dir) and not Path(output_dir).exists()
         default_setup(cfg, args)
-        try:
-            results = do_train(args, cfg)
-        except CheckpointMismatchError:
-            # refused before the first iteration: a folder this command created holds nothing
-            # but its config record and log
-            if created:
-                _remove_refused_output_dir(Path(output_dir))
-            raise
+        results = do_train(args, cfg)
     print_results(results)
     return results
 
 
 def _remove_refused_output_dir(output_dir: Path) -> None:
-    """Delete ``output_dir`` (rank 0) unless it holds a checkpoint: the run stopped before its
-    first iteration, so only its config record, log and empty metric files are there."""
-    comm.synchronize()
-    if not comm.is_main_process():
-        return
-    if not any(p.name.startswith(("model_", "last_checkpoint")) for p in output_dir.rglob("*")):
+    """Delete ``output_dir`` of a refused run unless it holds a checkpoint: a refusal comes
+    before the first iteration, so only its config record, log and empty metric files are there."""
+    if output_dir.is_dir() and not any(p.name.startswith(("model_", "last_checkpoint"))
+                                       for p in output_dir.rglob("*")):
         for handler in list(logger.handlers):  # the log file of this run goes with the folder
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == output_dir:
                 logger.removeHandler(handler)
@@ -142,6 +132,9 @@ def invoke_main() -> None:
     if init and not Path(init).is_file():
         print(f"error: train.init_checkpoint={init!r} does not exist", file=sys.stderr)
         sys.exit(2)
+    output_dir = cfg.train.get("output_dir")
+    existed = not output_dir or Path(output_dir).exists()
+    status = 0
     try:
         launch(
             main,
@@ -152,10 +145,16 @@ def invoke_main() -> None:
             args=(args,),
             timeout=cfg.train.get("dist_timeout"),
         )
+    except SystemExit as e:  # one process: main refused the run (it printed why)
+        status = e.code if isinstance(e.code, int) else 1
     except ProcessExitedException as e:
         # a spawned rank refused the run (it printed why and exited 2) or died: same status here
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+        status = e.exit_code if e.exit_code and e.exit_code > 0 else 1
+    if status == 2 and not existed:
+        _remove_refused_output_dir(Path(output_dir))  # a refused command leaves nothing behind
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
