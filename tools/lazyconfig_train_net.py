@@ -8,6 +8,14 @@
 
 The model, data, optimizer and schedule all come from the config; ``key=value`` words at the end
 override entries. An unknown key stops the command (exit status 2) before anything is created.
+
+Every checkpoint load logs one line (file, layout, tensors loaded / total, missing, unexpected,
+shape-mismatched). These refuse the run with exit status 2 and a message naming the file or key:
+an ``--eval-only`` checkpoint that fills less than ``train.min_loaded.eval`` of the model (default
+every tensor), an init checkpoint that fills less than ``train.min_loaded.init`` (default every
+encoder tensor), and a ``--resume`` override the checkpoint's state supersedes (batch size, seeds;
+see :mod:`eva_core.engine.resume`). ``config.yaml`` records the training run; ``--eval-only``
+writes ``config_eval.yaml`` and ``--resume`` ``config_resume_<n>.yaml`` next to it.
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     Returns:
         the ``eva_core`` logger.
     """
-    from .resume import check_resume_config
+    from .resume import check_resume_config, config_record, log_resume_changes
 
     train = cfg.train
     deterministic = bool(train.get("deterministic", False))
@@ -122,8 +122,9 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
                          "cuDNN autotuning picks kernels by timing; set one of them to False")
     output_dir = train.get("output_dir")
     record_name = config_record_name(cfg, args)
-    resume_changes = []
+    resume_changes, resume_record = [], None
     if record_name.startswith("config_resume_"):
+        resume_record = config_record(output_dir)
         resume_changes = check_resume_config(cfg, output_dir, log=False)  # raises before any write
     rank = comm.get_rank()
     if output_dir and comm.is_main_process():
@@ -136,8 +137,7 @@ def default_setup(cfg: Any, args: argparse.Namespace) -> logging.Logger:
     logger.info("command line: %s", " ".join(sys.argv))
     if getattr(args, "config_file", ""):
         logger.info("config file %s", args.config_file)
-    if resume_changes:
-        check_resume_config(cfg, output_dir)  # logs how each change is applied
+    log_resume_changes(resume_changes, resume_record)
     if output_dir and comm.is_main_process():
         path = LazyConfig.save(cfg, Path(output_dir) / record_name)
         logger.info("full config saved to %s", path)

@@ -43,7 +43,8 @@ from typing import Any, Iterator
 import yaml
 
 __all__ = ["ResumeConfigError", "ConfigChange", "config_record", "resume_config_changes",
-           "check_resume_config", "next_resume_record_name", "config_hyperparameters_kept"]
+           "check_resume_config", "log_resume_changes", "next_resume_record_name",
+           "config_hyperparameters_kept"]
 
 logger = logging.getLogger("eva_core.engine")
 
@@ -173,10 +174,15 @@ def check_resume_config(cfg: Any, output_dir: str | Path | None, *, log: bool = 
             f"checkpoint's state supersedes: {'; '.join(refused)}. Resume with the recorded values, or start "
             f"a new run (another train.output_dir) with train.init_checkpoint set to one of its checkpoints")
     if log:
-        for change in changes:
-            how = _match(change.key, _APPLIED) or "built from this config"
-            logger.warning(f"--resume: {change} differs from {record.name}: {how}")
+        log_resume_changes(changes, record)
     return changes
+
+
+def log_resume_changes(changes: list[ConfigChange], record: str | Path) -> None:
+    """One WARNING per change a resume applies, saying how it is applied."""
+    for change in changes:
+        how = _match(change.key, _APPLIED) or "built from this config"
+        logger.warning(f"--resume: {change} differs from {Path(record).name}: {how}")
 
 
 def _as_plain(cfg: Any, key: str) -> Any:
