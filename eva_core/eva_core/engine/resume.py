@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
+from omegaconf import OmegaConf
 
 __all__ = ["ResumeConfigError", "ConfigChange", "config_record", "resume_config_changes",
            "check_resume_config", "log_resume_changes", "next_resume_record_name",
@@ -117,6 +117,11 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    # omegaconf's yaml reader, unresolved: interpolations compare as written
+    return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {})
+
+
 def _as_saved(cfg: Any) -> dict[str, Any]:
     """``cfg`` as its yaml record would read (so a .py config and a saved yaml compare alike)."""
     from ..config import LazyConfig
@@ -124,13 +129,13 @@ def _as_saved(cfg: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # placeholders for unserialisable values compare as written
         path = LazyConfig.save(cfg, Path(tmp) / "config.yaml")
-        return _flatten(yaml.safe_load(path.read_text()) or {})
+        return _read_record(path)
 
 
 def resume_config_changes(cfg: Any, record: str | Path) -> list[ConfigChange]:
     """Every leaf that differs between ``cfg`` and the saved config ``record`` (sorted by key)."""
     new = _as_saved(cfg)
-    old = _flatten(yaml.safe_load(Path(record).read_text()) or {})
+    old = _read_record(Path(record))
     absent = object()  # a key only one side has differs even when the other side's value is None
     return [ConfigChange(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
             if old.get(k, absent) != new.get(k, absent)]
