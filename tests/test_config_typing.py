@@ -299,3 +299,11 @@ def test_train_schema_declares_every_train_key_the_engine_reads():
     assert not missing, f"keys the engine reads but train_schema.py does not declare: {missing}"
     defaults = LazyConfig.load(REPO / "configs" / "common" / "train.py", keys="train")
     assert defaults.max_iter == 90000  # loading ran the check on every default key
+
+
+def test_null_override_is_accepted_for_an_argument_that_defaults_to_none():
+    cfg = LazyConfig.load(str(REPO / "configs" / "pretrain" / "toy.py"))
+    LazyConfig.apply_overrides(cfg, ["model.teacher.checkpoint=null"])
+    assert cfg.model.teacher.checkpoint is None
+    with pytest.raises(ConfigValueError, match="model.teacher.precision"):
+        LazyConfig.apply_overrides(cfg, ["model.teacher.precision=null"])  # its default is not None

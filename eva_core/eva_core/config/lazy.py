@@ -14,13 +14,14 @@ from __future__ import annotations
 import builtins
 import difflib
 import functools
+import inspect
 import os
 import types
 import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -277,11 +278,24 @@ def _expected_type(cfg: DictConfig, key: str, parent: Any, leaf: str, current: A
                                 f"as {describe_type(annotation)}")
     value = current if isinstance(current, (DictConfig, ListConfig)) else current._value()
     expected = type_of_value(value)
+    if expected is not Any and isinstance(parent, DictConfig) and _defaults_to_none(target_of(parent), leaf):
+        expected = Optional[expected]  # an argument whose default is None takes null (an optional file)
     hint = ""
     if expected is int:
         hint = (f"the config holds the integer {value!r} here; if this key takes fractional "
                 f"values, write it as {float(value)!r} in the config file")
     return expected, hint
+
+
+def _defaults_to_none(target: Any, name: str) -> bool:
+    """Whether ``target``'s parameter ``name`` has the default None."""
+    if target is None:
+        return False
+    try:
+        parameter = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is None
 
 
 def _to_container(cfg: Any) -> Any:
