@@ -1,0 +1,10 @@
+"""EVA for action recognition: the video encoder built on ``eva_core`` and the Kinetics-722 tools.
+
+``import video`` registers the video models (``create_video_model``) and the video checkpoint
+layouts with ``eva_core`` (``docs/recipes/video.md#video-encoder``).
+"""
+from .models.eva_video import EvaVideo, PatchEmbed3D, create_video_model, list_video_models
+from .models.video_layouts import fit_video_state_dict, load_video_checkpoint
+
+__all__ = ["EvaVideo", "PatchEmbed3D", "create_video_model", "list_video_models", "fit_video_state_dict",
+           "load_video_checkpoint"]

@@ -1,0 +1,1 @@
+"""Video data: Kinetics lists and the Kinetics-722 merge (:mod:`.kinetics722`)."""
