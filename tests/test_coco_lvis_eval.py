@@ -420,3 +420,40 @@ def test_bad_predictions_fail_with_a_clear_error(world):
         ev.process([{"image_id": 1}], [{"instances": dict(inst, masks=inst["masks"].float())}])
     with pytest.raises(KeyError, match="image_id"):
         ev.process([{}], [{"instances": inst}])
+
+
+def test_rle_masks_score_like_bool_masks_and_no_masks_means_box_only(world):
+    rle_inputs = {}
+    for image_id, inst in world["per_image"].items():
+        rles = [mask_util.encode(np.asfortranarray(m.numpy().astype(np.uint8))) for m in inst["masks"]]
+        rle_inputs[image_id] = dict(inst, masks=rles)  # counts as bytes, straight from pycocotools
+    from_rle = _run_evaluator(COCOEvaluator(world["coco_path"]), rle_inputs)
+    from_bool = _run_evaluator(COCOEvaluator(world["coco_path"]), world["per_image"])
+    flat_rle, flat_bool = flatten_results_dict(from_rle), flatten_results_dict(from_bool)
+    assert flat_rle.keys() == flat_bool.keys() and all(_same(flat_rle[k], flat_bool[k]) for k in flat_rle)
+    boxes_only = {i: {k: v for k, v in inst.items() if k != "masks"}
+                  for i, inst in world["per_image"].items()}
+    assert set(_run_evaluator(COCOEvaluator(world["coco_path"]), boxes_only)) == {"bbox"}
+    with pytest.raises(ValueError, match="no masks"):
+        _run_evaluator(COCOEvaluator(world["coco_path"], tasks=("bbox", "segm")), boxes_only)
+
+
+def test_no_detections_give_nan_metrics(world):
+    empty = {i: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                 "classes": torch.zeros(0, dtype=torch.long)} for i in world["per_image"]}
+    coco = _run_evaluator(COCOEvaluator(world["coco_path"]), empty)
+    lvis = _run_evaluator(LVISEvaluator(world["lvis_path"]), empty)
+    assert set(coco) == {"bbox"} and all(math.isnan(v) for v in coco["bbox"].values())
+    assert set(lvis) == {"bbox"} and all(math.isnan(v) for v in lvis["bbox"].values())
+
+
+def test_results_file_that_is_not_json_is_named(world, tmp_path):
+    from eva_core.evaluation.coco import evaluate_coco_file
+
+    path = tmp_path / "truncated.json"
+    path.write_text(json.dumps(world["results"])[:100])
+    with pytest.raises(ValueError, match=r"truncated\.json: not valid JSON"):
+        evaluate_coco_file(world["coco_path"], path, ("bbox",))
+    path.write_text(json.dumps({"annotations": world["results"]}))
+    with pytest.raises(ValueError, match=r"truncated\.json: a COCO results file is a JSON list"):
+        evaluate_coco_file(world["coco_path"], path, ("bbox",))
