@@ -384,6 +384,19 @@ def test_online_curation_wraps_a_webdataset_pipeline_of_toy_world_shards(tmp_pat
     assert 0 < len(epochs[0]) < len(samples)
 
 
+def test_online_curation_counts_samples_with_unreadable_captions_and_refuses_samples_without_keys():
+    meta = quiet_metadata(["cat"])
+    curated = CuratedIterable([{"__url__": "s.tar", "__key__": "0", "txt": b"a cat"},
+                               {"__url__": "s.tar", "__key__": "1", "txt": b"caf\xe9 cat"},
+                               {"__url__": "s.tar", "__key__": "2", "jpg": b""},
+                               {"__url__": "s.tar", "__key__": "3", "json": {"caption": "a cat"}}],
+                              OnlineCurator(meta, [2], threshold=10, seed=0))
+    assert [s["__key__"] for s in curated] == ["0", "3"]
+    assert curated.skipped == {"non_utf8": 1, "no_caption": 1}
+    with pytest.raises(KeyError, match="no '__key__'"):
+        list(CuratedIterable([{"__url__": "s.tar", "txt": b"cat"}], OnlineCurator(meta, [1], 10, 0)))
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_counts_then_balances_toy_world_tar_and_csv_shards_end_to_end(tmp_path, capsys):
     from tools.metaclip_curate import main

@@ -8,7 +8,7 @@ curated lists per shard plus a summary; online curation redraws the balanced sub
 from clip.curation.balancing import entry_probabilities, keep_probability, keep_text, uniform_draw
 from clip.curation.matching import SubstringMatcher, match_naive, normalize_text, pad_entry
 from clip.curation.metadata import Metadata, MetadataError, can_ever_match, load_metadata
-from clip.curation.online import CuratedIndex, CuratedIterable, OnlineCurator, describe_sample
+from clip.curation.online import CaptionError, CuratedIndex, CuratedIterable, OnlineCurator, describe_sample
 from clip.curation.passes import (CountsFileError, PoolCounts, ShardBalance, ShardCounts, balance_pool,
                                   balance_shard, count_pool, count_shard, curated_list_path, get_matcher,
                                   merge_counts, shard_id)
@@ -16,7 +16,8 @@ from clip.curation.shards import SHARD_EXTENSIONS, ShardError, ShardSkips, iter_
 
 __all__ = ["entry_probabilities", "keep_probability", "keep_text", "uniform_draw", "SubstringMatcher",
            "match_naive", "normalize_text", "pad_entry", "Metadata", "MetadataError", "can_ever_match",
-           "load_metadata", "CuratedIndex", "CuratedIterable", "OnlineCurator", "describe_sample",
+           "load_metadata", "CaptionError", "CuratedIndex", "CuratedIterable", "OnlineCurator",
+           "describe_sample",
            "CountsFileError", "PoolCounts", "ShardBalance", "ShardCounts", "balance_pool", "balance_shard",
            "count_pool", "count_shard", "curated_list_path", "get_matcher", "merge_counts", "shard_id",
            "SHARD_EXTENSIONS", "ShardError", "ShardSkips", "iter_shard_texts"]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from typing import Callable, Iterable, Iterator, Sequence
 
 from clip.curation.balancing import entry_probabilities, keep_probability, uniform_draw
 from clip.curation.metadata import Metadata
 from clip.curation.passes import get_matcher, shard_id
 
-__all__ = ["OnlineCurator", "CuratedIterable", "CuratedIndex", "describe_sample"]
+__all__ = ["OnlineCurator", "CaptionError", "CuratedIterable", "CuratedIndex", "describe_sample"]
 
 
 class OnlineCurator:
@@ -54,7 +55,8 @@ def describe_sample(sample) -> tuple[str, str, str]:
     (``__url__``, ``__key__`` and ``txt`` or ``json['caption']``).
 
     Raises:
-        KeyError: a dict sample without a shard, key or caption (named in the message).
+        KeyError: a dict sample without a shard or key.
+        CaptionError: no caption, or one that is not UTF-8.
     """
     if isinstance(sample, tuple):
         return sample
@@ -71,15 +73,31 @@ def describe_sample(sample) -> tuple[str, str, str]:
     else:
         text = None
     if text is None:
-        raise KeyError(f"sample {sample['__key__']} of {sample['__url__']} has no caption "
-                       "(txt, or json with a caption)")
+        raise CaptionError("no_caption", f"sample {sample['__key__']} of {sample['__url__']} has no caption "
+                           "(txt, or json with a caption)")
     if isinstance(text, bytes):
-        text = text.decode("utf-8")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CaptionError("non_utf8", f"sample {sample['__key__']} of {sample['__url__']}: caption is "
+                               f"not UTF-8 ({e.reason} at byte {e.start})") from e
     return os.fspath(sample["__url__"]), sample["__key__"], text
+
+
+class CaptionError(ValueError):
+    """A sample's caption is missing or not UTF-8 (a counted skip in :class:`CuratedIterable`)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class CuratedIterable:
     """Iterable of the samples of ``source`` kept in the current epoch's balanced draw.
+
+    A sample whose caption is missing or not UTF-8 is not yielded and is counted in
+    ``skipped`` (reason -> count, over the wrapper's lifetime), as MetaCLIP drops texts that
+    match nothing; a sample without a shard or key is an error (the draw cannot be seeded).
 
     Args:
         source: an iterable (re-iterable, e.g. a list or webdataset pipeline) or a callable that
@@ -92,6 +110,7 @@ class CuratedIterable:
     def __init__(self, source: Iterable | Callable[[], Iterable], curator: OnlineCurator, *,
                  describe: Callable = describe_sample, epoch: int = 0):
         self.source, self.curator, self.describe, self.epoch = source, curator, describe, epoch
+        self.skipped: Counter = Counter()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -99,7 +118,11 @@ class CuratedIterable:
     def __iter__(self) -> Iterator:
         samples = self.source() if callable(self.source) else self.source
         for sample in samples:
-            shard, key, text = self.describe(sample)
+            try:
+                shard, key, text = self.describe(sample)
+            except CaptionError as e:
+                self.skipped[e.reason] += 1
+                continue
             if self.curator.keep(shard, key, text, self.epoch):
                 yield sample
 
