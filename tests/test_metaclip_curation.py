@@ -352,8 +352,9 @@ def test_online_kept_fraction_matches_the_formula_within_the_binomial_tolerance(
     threshold = 150
     curator = OnlineCurator(meta, counts, threshold=threshold, seed=3)
     index = CuratedIndex(items, curator)
-    probs = entry_probabilities(counts, threshold)
-    keep_p = [keep_probability(match_naive(t, meta.entries), probs) for _, _, t in items]
+    # the formula written out here, independent of the library's helpers
+    keep_p = [1 - math.prod(1 - min(1.0, threshold / counts[e]) for e in match_naive(t, meta.entries))
+              for _, _, t in items]
     assert index.keep_probabilities == pytest.approx(keep_p)
     # the number kept is a sum of independent Bernoulli(p_i): mean sum p, variance sum p (1 - p)
     mean, std = sum(keep_p), math.sqrt(sum(p * (1 - p) for p in keep_p))
