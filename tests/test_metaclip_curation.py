@@ -433,3 +433,12 @@ def test_cli_counts_then_balances_toy_world_tar_and_csv_shards_end_to_end(tmp_pa
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_importing_clip_curation_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, clip.curation; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
