@@ -222,3 +222,26 @@ def test_eva_g_backbone_config_uses_detectron2_keys_and_eva_numbers():
         out = fpn(torch.randn(1, 3, 64, 64))
     assert [tuple(v.shape) for v in out.values()] == [
         (1, 8, 16, 16), (1, 8, 8, 8), (1, 8, 4, 4), (1, 8, 2, 2), (1, 8, 1, 1)]
+
+
+def test_pyramid_layernorm_is_detectron2_channels_first_layernorm_with_eps_1e_6():
+    norm = _pyramid().simfp_2[1]
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 16, 5, 7) * 3 + 1
+    # detectron2.layers.LayerNorm written out: statistics over the channel axis
+    u = x.mean(1, keepdim=True)
+    s = (x - u).pow(2).mean(1, keepdim=True)
+    want = norm.weight[:, None, None] * ((x - u) / torch.sqrt(s + 1e-6)) + norm.bias[:, None, None]
+    with torch.no_grad():
+        assert (norm(x) - want).abs().max().item() <= 1e-5
+
+
+def test_pyramid_without_norm_gives_biased_convs_and_keeps_detectron2_indices():
+    vit = _toy_vit()
+    fpn = SimpleFeaturePyramid(vit, "last_feat", 8, scale_factors=(4.0, 2.0), norm="")
+    assert fpn.simfp_1[4].bias is not None and fpn.simfp_1[4].norm is None  # stride 8/4 = 2 -> p1
+    assert isinstance(fpn.simfp_1[1], nn.Identity) and isinstance(fpn.simfp_1[2], nn.GELU)
+    with pytest.raises(ValueError, match="twice the stride"):
+        SimpleFeaturePyramid(vit, "last_feat", 8, scale_factors=(1.0, 1.0))
