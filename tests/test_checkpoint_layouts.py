@@ -256,11 +256,14 @@ def test_encoder_checkpoints_load_into_task_models_that_wrap_the_encoder():
 
 # ----------------------------------------------------------------------------- layout registry
 def test_builtin_layouts_are_registered_through_the_public_api_in_detection_order():
-    assert eva_core.list_layouts() == ["open_clip", "detectron2", "eva_clip", "eva_mim", "eva"]
+    # projects imported by other tests of this process (video/, ...) add theirs; built-ins keep their order
+    builtin = [n for n in eva_core.list_layouts()
+               if layouts.get_layout(n).detect.__module__.startswith("eva_core.")]
+    assert builtin == ["open_clip", "detectron2", "eva_clip", "eva_mim", "eva"]
     assert layouts.get_layout("detectron2").priority == 30
     with pytest.raises(ValueError, match="'eva' is already registered"):
         eva_core.register_layout("eva", detect=lambda sd: True, convert=lambda sd, ctx: sd)
-    with pytest.raises(ValueError, match="unknown checkpoint layout 'nope'; registered: \\['open_clip'"):
+    with pytest.raises(ValueError, match="unknown checkpoint layout 'nope'; registered: \\[.*'open_clip'"):
         eva_core.load_checkpoint(model(), model().state_dict(), layout="nope")
 
 
@@ -380,7 +383,8 @@ def test_min_loaded_refuses_partial_loads_naming_the_file_and_the_first_missing_
 def test_converter_cli_lists_layouts_and_converts_with_a_project_layout(tmp_path, capsys):
     assert convert_checkpoint.main(["--import", "project_layout_fixture", "--list-layouts"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in listed][:2] == ["toy_video_project", "open_clip"]
+    names = [line.split()[0] for line in listed]
+    assert names.index("toy_video_project") < names.index("open_clip")  # listed in detection order
     import project_layout_fixture as project
 
     src = model(num_classes=0)
