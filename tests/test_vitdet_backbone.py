@@ -245,3 +245,20 @@ def test_pyramid_without_norm_gives_biased_convs_and_keeps_detectron2_indices():
     assert isinstance(fpn.simfp_1[1], nn.Identity) and isinstance(fpn.simfp_1[2], nn.GELU)
     with pytest.raises(ValueError, match="twice the stride"):
         SimpleFeaturePyramid(vit, "last_feat", 8, scale_factors=(1.0, 1.0))
+
+
+def test_image_list_pads_to_the_pyramids_square_size_and_keeps_image_sizes():
+    from vitdet_eva import ImageList
+
+    fpn = _pyramid(square_pad=128)
+    images = [torch.rand(3, 100, 60), torch.rand(3, 48, 120)]
+    batch = ImageList.from_tensors(images, fpn.size_divisibility, padding_constraints=fpn.padding_constraints)
+    assert batch.tensor.shape == (2, 3, 128, 128) and batch.image_sizes == [(100, 60), (48, 120)]
+    assert torch.equal(batch[1], images[1]) and float(batch.tensor[0, :, 100:].abs().sum()) == 0.0
+    # without a square size: the largest sides, rounded up to the divisibility
+    assert ImageList.from_tensors(images, 32).tensor.shape == (2, 3, 128, 128)
+    assert ImageList.from_tensors(images[:1], 32).tensor.shape == (1, 3, 128, 64)
+    with pytest.raises(ValueError, match=r"image 0 of size \(100, 60\) does not fit square_size 64"):
+        ImageList.from_tensors(images[:1], padding_constraints={"square_size": 64})
+    with torch.no_grad():
+        assert fpn(batch.tensor)["p6"].shape == (2, 16, 2, 2)

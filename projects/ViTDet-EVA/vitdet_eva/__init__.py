@@ -5,6 +5,7 @@ Importing the package registers its checkpoint layouts (``hf_vitdet``).
 from . import layouts  # noqa: F401  (registers checkpoint layouts)
 from .backbone import Backbone, LastLevelMaxPool, SimpleFeaturePyramid, ViT
 from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
+from .structures import ImageList
 
 __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2d", "LayerNorm", "ShapeSpec",
-           "get_norm"]
+           "get_norm", "ImageList"]
