@@ -158,3 +158,27 @@ def test_results_flow_through_inference_on_dataset_and_the_table_is_written(tmp_
     assert "| Class | IoU | Acc |" in table
     assert f"| wall | {results['sem_seg']['IoU-wall']:.2f} |" in table
     assert "| car | - | - |" in table  # absent everywhere
+
+
+def _evaluate_on_rank(rank, init_file, out_file):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        gt, pred = _label_maps(5)
+        evaluator = SemSegEvaluator(5, IGNORE)
+        # rank 0 sees images 0 and 1, rank 1 image 2 (build_test_loader's contiguous shards)
+        shard = slice(0, 2) if rank == 0 else slice(2, 3)
+        evaluator.process({"sem_seg": gt[shard]}, pred[shard])
+        torch.save(evaluator.evaluate(), f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_sum_their_confusion_matrices_and_only_rank_0_reports(tmp_path):
+    import torch.multiprocessing as mp
+    out = str(tmp_path / "results")
+    mp.spawn(_evaluate_on_rank, args=(str(tmp_path / "init"), out), nprocs=2)
+    gt, pred = _label_maps(5)
+    assert torch.load(f"{out}.0")["sem_seg"] == pytest.approx(_evaluate(gt, pred), nan_ok=True)
+    assert torch.load(f"{out}.1") == {}
