@@ -3,6 +3,9 @@
 Deformable attention runs in pure PyTorch (``grid_sample`` per level), so no compiled extension
 is needed; see ``docs/recipes/segmentation.md``.
 """
+from .criterion import SetCriterion, mask2former_weight_dict
+from .matcher import HungarianMatcher
 from .ms_deform_attn import MSDeformAttn, multi_scale_deformable_attention
 
-__all__ = ["MSDeformAttn", "multi_scale_deformable_attention"]
+__all__ = ["MSDeformAttn", "multi_scale_deformable_attention", "HungarianMatcher", "SetCriterion",
+           "mask2former_weight_dict"]
