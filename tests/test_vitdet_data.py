@@ -204,6 +204,40 @@ def test_lsj_drops_crowds_and_instances_cropped_away(tmp_path):
     assert set(kept) == {0, 1}  # the one instance is sometimes cropped away, sometimes not
 
 
+def test_lsj_maps_rle_masks_like_the_same_polygon(tmp_path):
+    from pycocotools import mask as mask_util
+
+    data = custom_json(tmp_path)
+    d = load_detection_json(write_json(tmp_path / "c.json", data), tmp_path).dicts[0]
+    poly = d["annotations"][0]["segmentation"]
+    rle_d = copy.deepcopy(d)
+    rle_d["annotations"][0]["segmentation"] = mask_util.merge(mask_util.frPyObjects(poly, 30, 40))
+    for seed in range(5):
+        outs = []
+        for x in (d, rle_d):
+            np.random.seed(seed)
+            outs.append(LSJTrainMapper(image_size=48, min_scale=0.8, max_scale=1.6)(x)["instances"])
+        assert torch.equal(outs[0]["gt_boxes"], outs[1]["gt_boxes"])
+        a, b = outs[0]["gt_masks"], outs[1]["gt_masks"]
+        assert a.shape == b.shape
+        if len(a):
+            iou = (a & b).sum() / (a | b).sum()
+            assert iou > 0.8  # pixel-resized RLE vs re-rasterized polygon: only edge pixels differ
+
+
+def test_box_only_json_objects365_style_maps_without_masks(tmp_path):
+    data = custom_json(tmp_path)
+    for ann in data["annotations"]:
+        ann.pop("segmentation")
+    ds = load_detection_json(write_json(tmp_path / "o365.json", data), tmp_path, dataset_format="coco")
+    d = next(x for x in ds.dicts if x["image_id"] == 1)
+    np.random.seed(0)
+    inst = LSJTrainMapper(image_size=32, use_masks=False)(d)["instances"]
+    assert set(inst) == {"gt_boxes", "gt_classes"} and inst["gt_classes"].tolist() == [2]
+    with pytest.raises(ValueError, match=r"a\.png: annotation 1 has no segmentation"):
+        LSJTrainMapper(image_size=32)(d)
+
+
 def test_resize_test_mapper_fits_longest_side_and_pads_square(tmp_path):
     data = custom_json(tmp_path)
     d = load_detection_json(write_json(tmp_path / "c.json", data), tmp_path).dicts[0]

@@ -1,5 +1,5 @@
 """ViTDet-EVA data: instance jsons as dataset dicts, the LSJ mappers, repeat-factor sampling and the
-federated loss (``docs/recipes/detection.md#data``)."""
+federated loss (``docs/recipes/detection.md#datasets``)."""
 from .datasets import BoxMode, DetectionDataset, is_lvis_json, load_detection_json
 from .federated import federated_sigmoid_ce_loss, get_fed_loss_classes, get_fed_loss_cls_weights
 from .mapper import LSJTrainMapper, MappedDataset, ResizeTestMapper, mask_boxes, trivial_batch_collator
