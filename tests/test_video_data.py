@@ -14,7 +14,7 @@ from eva_core.data import build_test_loader, build_train_loader
 from eva_core.data.loader import SeededSampleDataset
 from eva_core.data.toy_world import make_kinetics
 from video.data.datasets import (CorruptVideoError, KineticsCsvDataset, KineticsListDataset,
-                                 measure_decode_throughput, tsn_indices)
+                                 VideoClipDataset, count_frames, measure_decode_throughput, tsn_indices)
 from video.data.transforms import (MULTISCALE_CROP_SCALES, VideoTestTransform, VideoTrainTransform,
                                    multiscale_crop_box, three_crop_boxes)
 from video.evaluation import MultiViewVideoClassifier, average_view_scores, evaluate_multi_view
@@ -75,6 +75,26 @@ def test_decoded_frames_equal_pyavs_own_decode_of_the_tsn_indices(kinetics):
     assert sample["video"].shape == (4, 3, 32, 32) and sample["video"].dtype == torch.float32
     assert torch.equal(sample["video"], as_clip(reference[[1, 4, 7, 10]]))
     assert sample["label"] == 2 and sample["index"] == 2
+
+
+def test_a_container_without_a_frame_count_is_counted_by_decoding(tmp_path):
+    from fractions import Fraction
+
+    path = tmp_path / "no_count.mkv"
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(8, 1))
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for t in range(10):
+            frame = np.full((32, 32, 3), 20 * t, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0  # matroska keeps no count in the header
+    assert count_frames(str(path)) == 10
+    ds = VideoClipDataset([(str(path), 0)], num_frames=4, train=False)
+    assert torch.equal(ds[0]["video"], as_clip(pyav_frames(str(path))[[1, 3, 6, 8]]))
 
 
 def test_decord_backend_decodes_the_same_frames_as_pyav(kinetics):

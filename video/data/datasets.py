@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,13 +97,9 @@ def count_frames(path: str, backend: str = "pyav") -> int:
     """Frames of the first video stream (decoded and counted when the container does not say)."""
     if backend == "decord":
         return len(_decord_reader(path))
-    import av
-
-    with av.open(path) as container:
-        stream = _video_stream(container, path)
-        if stream.frames > 0:
-            return int(stream.frames)
-        return sum(1 for _ in container.decode(stream))
+    with _open_video(path) as (container, stream):
+        declared = int(stream.frames)
+    return declared if declared > 0 else _count_decoded(path)
 
 
 def _video_stream(container: Any, path: str) -> Any:
@@ -128,7 +125,8 @@ def decode_frames(path: str, pick: Callable[[int], Sequence[int]], backend: str 
     Args:
         path: the video file.
         pick: maps the video's frame count to the frame indices wanted (repeats allowed).
-        backend: ``"pyav"`` (sequential decode up to the last wanted frame) or ``"decord"``.
+        backend: ``"pyav"`` (sequential decode up to the last wanted frame; the frame count from the
+            header, or from a counting pass where the header has none) or ``"decord"``.
 
     Returns:
         ``(frames uint8 [len(indices), H, W, 3], indices)``.
@@ -144,30 +142,48 @@ def decode_frames(path: str, pick: Callable[[int], Sequence[int]], backend: str 
             raise VideoDecodeError(f"{path}: no decodable frame")
         indices = list(pick(len(vr)))
         return vr.get_batch(indices).asnumpy(), indices
+    with _open_video(path) as (container, stream):
+        declared = int(stream.frames)
+    # containers without a frame count in the header (mkv, webm) are counted by one decode pass
+    num_frames = declared if declared > 0 else _count_decoded(path)
+    if num_frames == 0:
+        raise VideoDecodeError(f"{path}: no decodable frame")
+    indices = list(pick(num_frames))
+    kept = _decode_selected(path, set(indices))
+    if len(kept) < len(set(indices)):
+        # the header promised frames the stream does not have: pick again from the real count
+        num_frames = _count_decoded(path)
+        if num_frames == 0:
+            raise VideoDecodeError(f"{path}: no decodable frame")
+        indices = list(pick(num_frames))
+        kept = _decode_selected(path, set(indices))
+    return np.stack([kept[i] for i in indices]), indices
+
+
+@contextmanager
+def _open_video(path: str) -> Iterator[tuple[Any, Any]]:
     import av
 
     with av.open(path) as container:
-        stream = _video_stream(container, path)
-        declared = int(stream.frames)
-        # trust the header only to stop early; the real count decides when it is wrong
-        indices = list(pick(declared)) if declared > 0 else None
-        wanted = set(indices) if indices is not None else None
-        last = max(indices) if indices else -1
-        kept: dict[int, np.ndarray] = {}
-        frames = []
+        yield container, _video_stream(container, path)
+
+
+def _count_decoded(path: str) -> int:
+    with _open_video(path) as (container, stream):
+        return sum(1 for _ in container.decode(stream))
+
+
+def _decode_selected(path: str, wanted: set[int]) -> dict[int, np.ndarray]:
+    """RGB arrays of the frames ``wanted``, decoding sequentially up to the last of them."""
+    kept: dict[int, np.ndarray] = {}
+    last = max(wanted)
+    with _open_video(path) as (container, stream):
         for i, frame in enumerate(container.decode(stream)):
-            if wanted is not None and i in wanted:
+            if i in wanted:
                 kept[i] = frame.to_ndarray(format="rgb24")
-            if wanted is None or len(kept) < len(wanted):
-                frames.append(frame)
-            if wanted is not None and i >= last and len(kept) == len(wanted):
+            if i >= last:
                 break
-        if wanted is not None and len(kept) == len(wanted):
-            return np.stack([kept[i] for i in indices]), indices
-        if not frames:
-            raise VideoDecodeError(f"{path}: no decodable frame")
-        indices = list(pick(len(frames)))
-        return np.stack([frames[i].to_ndarray(format="rgb24") for i in indices]), indices
+    return kept
 
 
 # ----------------------------------------------------------------------------- datasets
