@@ -130,7 +130,9 @@ class SetCriterion(nn.Module):
         """``loss_mask`` and ``loss_dice`` of the matched masks on PointRend-sampled points."""
         pred_masks = outputs["pred_masks"]
         batch_idx, src_idx = _prediction_indices(indices)
-        src_masks = pred_masks[batch_idx, src_idx][:, None]
+        # fp32 from here: under bf16/fp16 autocast the point logits would round the sigmoid CE and
+        # dice sums; only the matched masks are cast, so the cost is small
+        src_masks = pred_masks[batch_idx, src_idx][:, None].float()
         # targets are on the batch's padded canvas (Mask2Former pads them to the padded image size);
         # masks of different sizes are zero-padded bottom-right to the largest, as Mask2Former does
         tgt_masks = _pad_to_largest([t["masks"] for t in targets], like=src_masks)

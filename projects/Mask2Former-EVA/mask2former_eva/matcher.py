@@ -94,7 +94,8 @@ class HungarianMatcher(nn.Module):
             labels, tgt_mask = target["labels"], target["masks"]
             out_prob = pred_logits[b].float().softmax(-1)
             cost_class = -out_prob[:, labels]
-            out_mask = pred_masks[b][:, None]
+            # fp32: the points are fp32 (bf16 coordinates would be ~1 px off) and grid_sample wants one dtype
+            out_mask = pred_masks[b][:, None].float()
             tgt_mask = tgt_mask.to(out_mask)[:, None]
             # one draw per image, shared by every prediction and target, so the mask costs compare alike
             point_coords = torch.rand(1, self.num_points, 2, device=out_mask.device)
@@ -102,7 +103,6 @@ class HungarianMatcher(nn.Module):
             out_points = point_sample(out_mask, point_coords.expand(out_mask.shape[0], -1, -1)).squeeze(1)
             # costs in fp32 even under autocast: sigmoid CE and dice lose matches to fp16 rounding
             with torch.autocast(device_type=out_points.device.type, enabled=False):
-                out_points, tgt_points = out_points.float(), tgt_points.float()
                 cost = (self.cost_mask * batch_sigmoid_ce_cost(out_points, tgt_points)
                         + self.cost_class * cost_class
                         + self.cost_dice * batch_dice_cost(out_points, tgt_points))
