@@ -3,9 +3,15 @@
 Importing the package registers its checkpoint layouts (``hf_vitdet``).
 """
 from . import layouts  # noqa: F401  (registers checkpoint layouts)
+from .anchor_generator import DefaultAnchorGenerator
 from .backbone import Backbone, LastLevelMaxPool, SimpleFeaturePyramid, ViT
+from .box_regression import Box2BoxTransform
 from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
-from .structures import ImageList
+from .matcher import Matcher
+from .rpn import RPN, StandardRPNHead, find_top_rpn_proposals
+from .sampling import subsample_labels
+from .structures import ImageList, Instances
 
 __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2d", "LayerNorm", "ShapeSpec",
-           "get_norm", "ImageList"]
+           "get_norm", "ImageList", "Instances", "Box2BoxTransform", "DefaultAnchorGenerator", "Matcher",
+           "subsample_labels", "StandardRPNHead", "RPN", "find_top_rpn_proposals"]

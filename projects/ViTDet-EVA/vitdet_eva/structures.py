@@ -83,3 +83,90 @@ class ImageList:
         for img, slot in zip(tensors, batched):
             slot[..., : img.shape[-2], : img.shape[-1]].copy_(img)
         return ImageList(batched, image_sizes)
+
+
+__all__ += ["Instances"]
+
+
+class Instances:
+    """Per-image fields of equal length (detectron2's ``Instances``), e.g. ``gt_boxes``, ``proposal_boxes``.
+
+    Box fields are plain ``[N, 4]`` XYXY tensors in input pixels (detectron2 wraps them in ``Boxes``).
+
+    Args:
+        image_size: ``(h, w)`` of the image the fields belong to.
+        **fields: initial fields, each a tensor or list of length N.
+    """
+
+    def __init__(self, image_size: tuple[int, int], **fields):
+        object.__setattr__(self, "_image_size", tuple(int(s) for s in image_size))
+        object.__setattr__(self, "_fields", {})
+        for name, value in fields.items():
+            self.set(name, value)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self._image_size
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self.set(name, value)
+
+    def __getattr__(self, name: str):
+        fields = object.__getattribute__(self, "_fields")
+        if name not in fields:
+            raise AttributeError(f"Instances has no field {name!r}; it has {sorted(fields)}")
+        return fields[name]
+
+    def set(self, name: str, value) -> None:
+        """Add or replace a field; its length must equal the others'.
+
+        Raises:
+            ValueError: the length differs from the existing fields'.
+        """
+        if self._fields and len(value) != len(self):
+            raise ValueError(f"Instances field {name!r} has length {len(value)}; the other fields "
+                             f"have {len(self)}")
+        self._fields[name] = value
+
+    def has(self, name: str) -> bool:
+        return name in self._fields
+
+    def get(self, name: str):
+        return self._fields[name]
+
+    def get_fields(self) -> dict:
+        return dict(self._fields)
+
+    def __len__(self) -> int:
+        for value in self._fields.values():
+            return len(value)
+        return 0
+
+    def __getitem__(self, item) -> "Instances":
+        """The instances selected by an index, slice, bool mask or index tensor."""
+        if isinstance(item, int):
+            item = slice(item, item + 1 if item != -1 else None)
+        out = Instances(self._image_size)
+        for name, value in self._fields.items():
+            if isinstance(value, torch.Tensor):
+                out.set(name, value[item])
+            elif isinstance(item, slice):
+                out.set(name, value[item])
+            else:
+                idx = torch.as_tensor(item)
+                idx = idx.nonzero().flatten() if idx.dtype == torch.bool else idx
+                out.set(name, [value[i] for i in idx.tolist()])
+        return out
+
+    def to(self, *args, **kwargs) -> "Instances":
+        out = Instances(self._image_size)
+        for name, value in self._fields.items():
+            out.set(name, value.to(*args, **kwargs) if isinstance(value, torch.Tensor) else value)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Instances(num_instances={len(self)}, image_size={self._image_size}, "
+                f"fields={sorted(self._fields)})")
