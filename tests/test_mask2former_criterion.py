@@ -268,7 +268,7 @@ def test_learnable_queries_fit_two_toy_masks():
         total.backward()
         opt.step()
         totals.append(total.item())
-    # measured 9.76 -> 1.98; the floor is the boundary points, whose bilinearly read targets are fractional
+    # measured 9.76 -> 2.56; the floor is the boundary points, whose bilinearly read targets are fractional
     assert totals[-1] < totals[0] / 3, (totals[0], totals[-1])
     # the matched queries' masks now reproduce both targets
     q, t = criterion.matcher({"pred_logits": logits.detach(), "pred_masks": masks.detach()}, targets)[0]
