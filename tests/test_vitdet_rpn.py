@@ -13,6 +13,7 @@ import torch.nn as nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TVImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import box_iou
 
 from vitdet_eva import (
@@ -309,3 +310,57 @@ def test_instances_index_fields_together_and_refuse_unequal_lengths():
         inst.gt_masks = torch.zeros(2, 4, 4)
     with pytest.raises(AttributeError, match="gt_keypoints"):
         inst.gt_keypoints
+
+
+def _rpn_pair(levels: list[str], strides: list[int], sizes: list[int]):
+    """Our RPN and torchvision's with the same weights and integer cell anchors (ratios 1/4, 1, 4), so that
+    torchvision's rounding of cell anchors changes nothing; both use 2 convs, Matcher(0.3, 0.7) with
+    low-quality matches, 256 samples per image, half positive, NMS 0.7 per level."""
+    torch.manual_seed(0)
+    ours = _vitdet_rpn(
+        in_features=levels, smooth_l1_beta=1 / 9, pre_nms_topk=(2000, 50), post_nms_topk=(1000, 30),
+        anchor_generator=DefaultAnchorGenerator(sizes=[[s] for s in sizes], aspect_ratios=[[0.25, 1.0, 4.0]],
+                                                strides=strides))
+    with torch.no_grad():  # weights large enough that proposals move well away from their anchors
+        for p in ours.rpn_head.parameters():
+            p.normal_(0, 0.2)
+    head = RPNHead(8, 3, conv_depth=2)
+    names = {"conv.conv0": "conv.0.0", "conv.conv1": "conv.1.0", "objectness_logits": "cls_logits",
+             "anchor_deltas": "bbox_pred"}
+    head.load_state_dict({names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v
+                          for k, v in ours.rpn_head.state_dict().items()})
+    theirs = RegionProposalNetwork(
+        AnchorGenerator(tuple((s,) for s in sizes), ((0.25, 1.0, 4.0),) * len(sizes)), head,
+        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        pre_nms_top_n=dict(training=2000, testing=50), post_nms_top_n=dict(training=1000, testing=30),
+        nms_thresh=0.7, score_thresh=0.0)
+    return ours, theirs
+
+
+def test_rpn_proposals_equal_torchvisions_region_proposal_network():
+    ours, theirs = _rpn_pair(LEVELS, STRIDES, [32, 64, 128, 256, 512])
+    feats = _features(batch=2)
+    sizes = [(100, 80), (128, 128)]
+    with torch.no_grad():
+        proposals, _ = ours.eval()(ImageList(torch.zeros(2, 3, 128, 128), sizes), feats)
+        boxes, _ = theirs.eval()(TVImageList(torch.zeros(2, 3, 128, 128), sizes), feats)
+    for inst, ref in zip(proposals, boxes):
+        assert len(inst) == len(ref) == 30
+        torch.testing.assert_close(inst.proposal_boxes, ref)
+
+
+def test_rpn_losses_equal_torchvisions_up_to_detectron2s_normaliser():
+    # 3 levels of a 64 x 64 image have 252 anchors (< 256): every labelled anchor is sampled in both
+    ours, theirs = _rpn_pair(LEVELS[1:4], STRIDES[1:4], [16, 32, 64])
+    feats = {k: v for k, v in _features(size=64).items() if k in LEVELS[1:4]}
+    gt = torch.tensor([[6.0, 8.0, 30.0, 40.0], [34.0, 20.0, 60.0, 50.0]])
+    _, losses = ours.train()(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), feats,
+                             [Instances((64, 64), gt_boxes=gt)])
+    _, ref = theirs.train()(TVImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), feats, [{"boxes": gt}])
+    anchors = torch.cat(ours.anchor_generator(list(feats.values())))
+    _, labels = ours.anchor_matcher(box_iou(gt, anchors))
+    sampled = int((labels >= 0).sum())
+    assert len(anchors) == 252 and 0 < int((labels == 1).sum()) < sampled
+    # torchvision averages over the sampled anchors, detectron2 divides by 256 per image
+    torch.testing.assert_close(losses["loss_rpn_cls"] * 256 / sampled, ref["loss_objectness"])
+    torch.testing.assert_close(losses["loss_rpn_loc"] * 256 / sampled, ref["loss_rpn_box_reg"])
