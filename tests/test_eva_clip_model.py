@@ -236,3 +236,44 @@ def test_eva_clip_g_export_has_exactly_open_clip_eva01_g14_keys_and_shapes():
     a = {k: tuple(v.shape) for k, v in to_open_clip_state_dict(ours).items()}
     b = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
     assert sorted(set(a) ^ set(b)) == [] and a == b
+
+
+def _gather_worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    batch = _batch(4)
+    half = {k: v[2 * rank: 2 * rank + 2] for k, v in batch.items()}
+    result = {}
+    for local in (False, True):
+        model = _tiny(0)
+        model.local_loss, model.gather_with_grad = local, True
+        loss = model.train()(half)["loss_clip"]
+        loss.backward()
+        grads = torch.stack([model.logit_scale.grad, model.visual.head.weight.grad[0, 0]])
+        dist.all_reduce(grads)  # what DDP does (sum, then / world)
+        result[f"local{int(local)}"] = {"loss": loss.item(), "grad": (grads / 2).flatten().tolist()}
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_gather_features_and_local_loss_keeps_the_full_batch_loss_and_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    # fork: the workers inherit the imported open_clip / timm instead of importing them again
+    mp.start_processes(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model = _tiny(0).train()
+    loss = model(_batch(4))["loss_clip"]
+    loss.backward()
+    full_grad = [model.logit_scale.grad.item(), model.visual.head.weight.grad[0, 0].item()]
+    # without local loss every rank scores the whole gathered batch: the single-process loss
+    for r in ranks:
+        assert math.isclose(r["local0"]["loss"], loss.item(), rel_tol=1e-5)
+    # with local loss each rank scores its own rows; their mean is the full-batch loss, and the
+    # rank-averaged gradient (gathered with gradient) is the full-batch gradient
+    mean_loss = (ranks[0]["local1"]["loss"] + ranks[1]["local1"]["loss"]) / 2
+    assert math.isclose(mean_loss, loss.item(), rel_tol=1e-5)
+    assert ranks[0]["local1"]["grad"] == pytest.approx(full_grad, rel=1e-4, abs=1e-6)
