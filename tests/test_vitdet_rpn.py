@@ -16,6 +16,7 @@ from torchvision.models.detection.image_list import ImageList as TVImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import box_iou
 
+from eva_core.config import L, instantiate
 from vitdet_eva import (
     RPN,
     Box2BoxTransform,
@@ -123,6 +124,8 @@ def test_anchors_equal_torchvision_anchor_generator_when_cells_are_integers():
 
 
 def test_anchor_generator_refuses_a_wrong_number_of_levels():
+    flat = DefaultAnchorGenerator(sizes=[32, 64], aspect_ratios=[0.5, 1.0, 2.0], strides=[4, 8])
+    assert flat.num_cell_anchors == [6, 6]  # a flat list is every level's, as in detectron2
     with pytest.raises(ValueError, match="sizes has 2 lists"):
         DefaultAnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0]], strides=[4, 8, 16])
     gen = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[1.0]], strides=[4, 8])
@@ -364,3 +367,25 @@ def test_rpn_losses_equal_torchvisions_up_to_detectron2s_normaliser():
     # torchvision averages over the sampled anchors, detectron2 divides by 256 per image
     torch.testing.assert_close(losses["loss_rpn_cls"] * 256 / sampled, ref["loss_objectness"])
     torch.testing.assert_close(losses["loss_rpn_loc"] * 256 / sampled, ref["loss_rpn_box_reg"])
+
+
+def test_detectron2s_vitdet_rpn_config_instantiates_and_takes_a_users_override():
+    # model.proposal_generator as detectron2's mask_rcnn_vitdet LazyConfig writes it (flat aspect_ratios)
+    cfg = L(RPN)(
+        in_features=LEVELS,
+        head=L(StandardRPNHead)(in_channels=256, num_anchors=3, conv_dims=[-1, -1]),
+        anchor_generator=L(DefaultAnchorGenerator)(
+            sizes=[[32], [64], [128], [256], [512]], aspect_ratios=[0.5, 1.0, 2.0], strides=STRIDES,
+            offset=0.0),
+        anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
+        box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
+        batch_size_per_image=256, positive_fraction=0.5,
+        pre_nms_topk=(2000, 1000), post_nms_topk=(1000, 1000), nms_thresh=0.7,
+    )
+    cfg.head.in_channels = 8  # the user's override of model.proposal_generator.head.in_channels
+    rpn = instantiate(cfg)
+    assert rpn.rpn_head.conv.conv0.in_channels == 8
+    assert rpn.anchor_generator.num_cell_anchors == [3] * 5
+    assert rpn.pre_nms_topk == {True: 2000, False: 1000} and rpn.post_nms_topk == {True: 1000, False: 1000}
+    proposals, _ = rpn.eval()(ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)]), _features())
+    assert 0 < len(proposals[0]) <= 1000

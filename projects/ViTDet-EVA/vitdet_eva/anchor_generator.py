@@ -11,6 +11,7 @@ is centred on 0 with ``w = sqrt(s**2 / a)``, ``h = a * w``, and is *not* rounded
 from __future__ import annotations
 
 import math
+from collections import abc
 from typing import Sequence
 
 import torch
@@ -32,12 +33,13 @@ def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]
 
 
 def _broadcast_params(params: Sequence, num_features: int, name: str) -> list[list[float]]:
-    """detectron2's rule: one list applies to every level; else one list per level."""
-    if not isinstance(params, (list, tuple)) or len(params) == 0:
-        raise ValueError(f"DefaultAnchorGenerator {name}={params!r}: expected a non-empty list of lists")
-    if not isinstance(params[0], (list, tuple)):
-        raise ValueError(f"DefaultAnchorGenerator {name}={params!r}: expected a list of lists, "
-                         "e.g. [[32], [64]]")
+    """detectron2's rule: a flat list (ViTDet's ``aspect_ratios=[0.5, 1.0, 2.0]``) or a single inner list
+    applies to every level; otherwise one list per level."""
+    if not isinstance(params, abc.Sequence) or isinstance(params, str) or len(params) == 0:
+        raise ValueError(f"DefaultAnchorGenerator {name}={params!r}: expected a non-empty list of numbers "
+                         "or of lists")
+    if not isinstance(params[0], abc.Sequence):
+        return [list(params)] * num_features
     if len(params) == 1:
         return [list(params[0])] * num_features
     if len(params) != num_features:
@@ -51,8 +53,8 @@ class DefaultAnchorGenerator(nn.Module):
 
     Args:
         sizes: anchor sizes (sqrt of area, input pixels) per level, e.g. ``[[32], [64], ...]``;
-            one list is used for every level.
-        aspect_ratios: ``h / w`` ratios per level (or one list for all).
+            a flat list or a single inner list is used for every level.
+        aspect_ratios: ``h / w`` ratios per level, or one (flat) list for all.
         strides: each level's stride in input pixels.
         offset: the first anchor centre is at ``offset * stride`` (0.0 in detectron2's configs).
     """
