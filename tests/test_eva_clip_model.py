@@ -192,16 +192,23 @@ def test_openai_clip_text_weights_load_into_the_text_tower():
     assert all(torch.equal(v, vision_before[k]) for k, v in dst.visual.state_dict().items())
 
 
-def test_open_clip_loads_the_tiny_export_strictly_with_equal_embeddings(tmp_path):
-    model = _tiny(0)
-    register_open_clip_config("EvaCLIP-tiny-test", model, tmp_path)
-    oc = open_clip.create_model("EvaCLIP-tiny-test", load_weights=False)
+@pytest.mark.parametrize("inner_norm", [False, True], ids=["eva01", "inner_attn_ln"])
+def test_open_clip_loads_the_tiny_export_strictly_with_equal_embeddings(tmp_path, inner_norm):
+    model = _tiny(0, **({"attn_inner_norm": True} if inner_norm else {}))
+    if inner_norm:
+        with torch.no_grad():  # non-trivial norms, so that a misplaced norm would show
+            for blk in model.visual.blocks:
+                blk.attn.norm.weight.uniform_(0.5, 1.5)
+                blk.attn.norm.bias.normal_()
+    name = f"EvaCLIP-tiny-test-{int(inner_norm)}"
+    register_open_clip_config(name, model, tmp_path)
+    oc = open_clip.create_model(name, load_weights=False)
     result = oc.load_state_dict(to_open_clip_state_dict(model), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     di, dt = _same_outputs(model, oc.eval(), _batch())
     assert di <= 1e-5 and dt <= 1e-5
     # and back: open_clip's own state dict loads into EvaCLIP through the registered layout
-    back = _tiny(5)
+    back = _tiny(5, **({"attn_inner_norm": True} if inner_norm else {}))
     report = eva_core.load_checkpoint(back, oc.state_dict(), strict=True)
     assert report.layout == "open_clip_eva"
     assert _same_outputs(model, back, _batch()) == (0.0, 0.0)
