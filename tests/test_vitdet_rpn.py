@@ -389,3 +389,25 @@ def test_detectron2s_vitdet_rpn_config_instantiates_and_takes_a_users_override()
     assert rpn.pre_nms_topk == {True: 2000, False: 1000} and rpn.post_nms_topk == {True: 1000, False: 1000}
     proposals, _ = rpn.eval()(ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)]), _features())
     assert 0 < len(proposals[0]) <= 1000
+
+
+def test_an_image_without_boxes_trains_on_negatives_only():
+    rpn = _vitdet_rpn().train()
+    images = ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)])
+    _, losses = rpn(images, _features(), [Instances((128, 128), gt_boxes=torch.zeros(0, 4))])
+    assert float(losses["loss_rpn_loc"].detach()) == 0.0
+    assert torch.isfinite(losses["loss_rpn_cls"]) and float(losses["loss_rpn_cls"].detach()) > 0
+
+
+def test_anchor_boundary_thresh_ignores_anchors_that_leave_the_image():
+    torch.manual_seed(0)
+    rpn = _vitdet_rpn(anchor_boundary_thresh=0.0, batch_size_per_image=100000)
+    images, gts, gt = _toy_image()
+    feats = list(_features().values())
+    anchors = torch.cat(rpn.anchor_generator(feats))
+    (labels,), _ = rpn.label_and_sample_anchors(rpn.anchor_generator(feats), gts)
+    _, unbounded = rpn.anchor_matcher(box_iou(gt, anchors))  # every anchor is sampled at this batch size
+    inside = (anchors[:, :2] >= 0).all(dim=1) & (anchors[:, 2] < 128) & (anchors[:, 3] < 128)
+    assert (unbounded[~inside] >= 0).any()  # some of the ignored anchors would have been trained on
+    assert (labels[~inside] == -1).all()
+    assert torch.equal(labels[inside], unbounded[inside])
