@@ -142,6 +142,20 @@ def test_train_transform_applies_the_same_parameters_to_every_frame():
             assert torch.allclose(transform(clip[t:t + 1])[0], whole[t], atol=1e-6)
 
 
+def test_train_transform_turns_about_one_clip_in_five_gray_and_is_identity_with_everything_off():
+    clip = torch.rand(2, 3, 20, 20)
+    transform = VideoTrainTransform(16, mean=None, std=None)
+    gray = 0
+    for seed in range(400):
+        torch.manual_seed(seed)
+        out = transform(clip)
+        gray += bool(torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2]))
+    assert 0.13 < gray / 400 < 0.27  # p = 0.2; 3.5 binomial standard deviations
+    off = VideoTrainTransform(20, scales=(1.0,), resize_short=0, hflip=0, color_jitter=0, grayscale=0,
+                              mean=None, std=None)
+    assert torch.equal(off(clip), clip)
+
+
 def test_multiscale_crop_uses_tsn_scales_one_step_apart_at_fixed_positions():
     sides = [int(240 * s) for s in MULTISCALE_CROP_SCALES]  # 240, 210, 180, 158
     seen = set()
@@ -165,8 +179,13 @@ def test_test_transform_three_crops_span_the_longer_side():
     for j, left in enumerate((0, 8, 16)):
         assert torch.equal(views[j], clip[..., left:left + 32])
     assert three_crop_boxes(48, 32, 32) == [(0, 0, 32, 32), (8, 0, 32, 32), (16, 0, 32, 32)]
-    centre = VideoTestTransform(32, num_crops=1, mean=None, std=None)(clip)
+    centre = VideoTestTransform(32, num_crops=1, resize_short=32, mean=None, std=None)(clip)
     assert torch.equal(centre, clip[..., 8:40])
+    # one view: the release's centre 224 crop of the 256 resize
+    one = VideoTestTransform(224, num_crops=1, mean=None, std=None)
+    assert one.resize_short == 256 and VideoTestTransform(224, num_crops=3).resize_short == 224
+    big = torch.rand(1, 3, 256, 320)
+    assert torch.equal(one(big), big[..., 16:240, 48:272])
 
 
 # ----------------------------------------------------------------------------- multi-view

@@ -9,6 +9,8 @@ views clip-major (view ``v = clip * num_crops + crop``). Without a transform the
 Frames are chosen by TSN segment sampling (:func:`tsn_indices`): the video is cut into ``T`` equal
 segments and one frame is taken from each, at a random position in training and at the centre in
 testing; ``num_clips`` test clips take, in every segment, the frames at ``(k + 0.5) / num_clips`` of it.
+(The EVA-01 release, an X-CLIP fork, draws its test clips as ``num_clips`` random training draws; ours
+are fixed so that a test score is reproducible.)
 
 A video that cannot be decoded is handled as eva_core's image datasets handle a corrupt image
 (``eva_core.data.datasets``): in training the next readable video replaces it (so the batch keeps its

@@ -1,11 +1,13 @@
 """Clip transforms: one set of random parameters per clip, applied to every frame.
 
 ``docs/recipes/video.md#sampling-and-augmentation``. A clip is a float tensor ``[T, 3, H, W]`` in
-[0, 1] (what :class:`video.data.datasets.VideoClipDataset` reads). Training: TSN's multi-scale crop
+[0, 1] (what :class:`video.data.datasets.VideoClipDataset` reads). As the EVA-01 video release (an X-CLIP
+fork) does: training resizes the shorter side to ``256 / 224 * size``, takes TSN's multi-scale crop
 (crop side a scale in (1, .875, .75, .66) of the shorter side, width and height at most one scale step
-apart, the crop at one of 13 fixed positions) resized to ``size``, horizontal flip, colour jitter with
-probability 0.8, grayscale with probability 0.2, normalisation. Test: the shorter side resized to
-``size``, then one centre crop or three crops along the longer side (start, centre, end).
+apart, the crop at one of 13 fixed positions), resizes it to ``size``, flips with probability 0.5, jitters
+colour with probability 0.8 and turns gray with probability 0.2, then normalises (ImageNet mean / std).
+Test: one view is the centre ``size`` crop after resizing the shorter side to ``256 / 224 * size``; three
+views are crops along the longer side (start, centre, end) after resizing the shorter side to ``size``.
 
 Random draws use torch's global generator only, which eva_core's train loader seeds from
 (seed, stream position) before every sample: the augmentation of a sample is a pure function of
@@ -22,8 +24,8 @@ from torchvision.transforms import functional as TF
 
 from eva_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["MULTISCALE_CROP_SCALES", "multiscale_crop_box", "three_crop_boxes", "VideoTrainTransform",
-           "VideoTestTransform"]
+__all__ = ["MULTISCALE_CROP_SCALES", "multiscale_crop_box", "three_crop_boxes", "resize_shorter_side",
+           "VideoTrainTransform", "VideoTestTransform"]
 
 MULTISCALE_CROP_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 
@@ -69,6 +71,18 @@ def three_crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int,
     return [(top, left, size, size) for top in (0, (height - size) // 2, height - size)]
 
 
+def _default_resize_short(size: int) -> int:
+    return int(256 / 224 * size)  # 256 for 224, the release's scale_resize
+
+
+def resize_shorter_side(clip: torch.Tensor, short: int) -> torch.Tensor:
+    """Resize ``[..., H, W]`` so that its shorter side is ``short`` (aspect ratio kept)."""
+    h, w = clip.shape[-2:]
+    if min(h, w) == short:
+        return clip
+    return _resize(clip, (round(h * short / min(h, w)), round(w * short / min(h, w))))
+
+
 def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
@@ -91,12 +105,14 @@ class VideoTrainTransform:
         color_jitter: probability of colour jitter (0 disables it).
         brightness, contrast, saturation, hue: jitter strengths (torchvision ``ColorJitter``).
         grayscale: probability of turning the clip gray.
+        resize_short: the shorter side before cropping (default ``int(256 / 224 * size)``; 0 keeps the
+            frame size).
         mean, std: normalisation (None skips it).
     """
 
     def __init__(self, size: int = 224, scales: Sequence[float] = MULTISCALE_CROP_SCALES, *,
-                 hflip: float = 0.5, color_jitter: float = 0.8, brightness: float = 0.4,
-                 contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
+                 resize_short: int | None = None, hflip: float = 0.5, color_jitter: float = 0.8,
+                 brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
                  grayscale: float = 0.2, mean: Sequence[float] | None = IMAGENET_MEAN,
                  std: Sequence[float] | None = IMAGENET_STD):
         for name, p in (("hflip", hflip), ("color_jitter", color_jitter), ("grayscale", grayscale)):
@@ -105,6 +121,7 @@ class VideoTrainTransform:
         if not scales or min(scales) <= 0 or max(scales) > 1:
             raise ValueError(f"VideoTrainTransform: scales must be in (0, 1], got {tuple(scales)}")
         self.size, self.scales = int(size), tuple(float(s) for s in scales)
+        self.resize_short = _default_resize_short(self.size) if resize_short is None else int(resize_short)
         self.hflip, self.color_jitter, self.grayscale = hflip, color_jitter, grayscale
         self.jitter = ColorJitter(brightness, contrast, saturation, hue)
         self.mean, self.std = mean, std
@@ -127,6 +144,8 @@ class VideoTrainTransform:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         """``[T, 3, H, W]`` in [0, 1] -> ``[T, 3, size, size]``."""
         _check_clip(clip)
+        if self.resize_short:
+            clip = resize_shorter_side(clip, self.resize_short)
         top, left, h, w = multiscale_crop_box(clip.shape[-2], clip.shape[-1], self.size, self.scales)
         clip = _resize(clip[..., top:top + h, left:left + w], (self.size, self.size))
         if float(torch.rand(())) < self.hflip:
@@ -140,29 +159,35 @@ class VideoTrainTransform:
 
 
 class VideoTestTransform:
-    """Test views of a clip: shorter side resized to ``size``, then one centre crop or three crops.
+    """Test views of a clip: shorter side resized, then one centre crop or three crops.
 
     Args:
         size: output side.
         num_crops: 1 (centre: ``[T, 3, size, size]``) or 3 (start, centre, end of the longer side:
             ``[3, T, 3, size, size]``).
+        resize_short: the shorter side before cropping (default: ``size`` for three crops,
+            ``int(256 / 224 * size)`` for one, as the release).
         mean, std: normalisation (None skips it).
     """
 
-    def __init__(self, size: int = 224, num_crops: int = 3, *,
+    def __init__(self, size: int = 224, num_crops: int = 3, *, resize_short: int | None = None,
                  mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD):
         if num_crops not in (1, 3):
             raise ValueError(f"VideoTestTransform: num_crops must be 1 or 3, got {num_crops}")
         self.size, self.num_crops, self.mean, self.std = int(size), num_crops, mean, std
+        if resize_short is None:
+            resize_short = self.size if num_crops == 3 else _default_resize_short(self.size)
+        if resize_short < self.size:
+            raise ValueError(f"VideoTestTransform: resize_short {resize_short} is smaller than the crop "
+                             f"{size}")
+        self.resize_short = int(resize_short)
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         _check_clip(clip)
-        h, w = clip.shape[-2:]
-        short = min(h, w)
-        clip = _resize(clip, (round(h * self.size / short), round(w * self.size / short)))
+        clip = resize_shorter_side(clip, self.resize_short)
         boxes = three_crop_boxes(clip.shape[-2], clip.shape[-1], self.size)
         if self.num_crops == 1:
-            boxes = boxes[1:2]
+            boxes = boxes[1:2]  # the centre
         views = torch.stack([clip[..., t:t + ch, le:le + cw] for t, le, ch, cw in boxes])
         if self.mean is not None:
             views = _normalize(views.flatten(0, 1), self.mean, self.std).view_as(views)
