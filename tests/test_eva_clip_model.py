@@ -284,3 +284,20 @@ def test_two_ranks_gather_features_and_local_loss_keeps_the_full_batch_loss_and_
     mean_loss = (ranks[0]["local1"]["loss"] + ranks[1]["local1"]["loss"]) / 2
     assert math.isclose(mean_loss, loss.item(), rel_tol=1e-5)
     assert ranks[0]["local1"]["grad"] == pytest.approx(full_grad, rel=1e-4, abs=1e-6)
+
+
+def test_vision_tower_initialises_from_our_own_eva_mim_training_checkpoint(tmp_path):
+    from eva_core.mim.model import EvaMIM
+
+    torch.manual_seed(4)
+    encoder = Eva(**TINY_VISION, num_classes=0, global_pool="token", use_mask_token=True, use_fc_norm=False)
+    mim = EvaMIM(encoder, target_dim=16)
+    path = save_atomic({"model": mim.state_dict(), "iteration": 10}, tmp_path / "model_0000010.pth")
+    model = create_eva_clip("eva_clip_tiny", vision_init=path)
+    assert model.vision_init_report.missing == ["head.bias", "head.weight"]
+    with torch.no_grad():
+        x = torch.randn(2, 3, 28, 28)
+        # same encoder features: the CLS token after the final norm, before the new projection
+        ours = model.visual.forward_head(model.visual.forward_features(x), pre_logits=True)
+        theirs = encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+    assert torch.equal(ours, theirs)
