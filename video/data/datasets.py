@@ -214,6 +214,8 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"num_clips={num_clips}: several temporal clips are a test-time setting "
                              "(train=False)")
         self.samples = [(str(p), int(label)) for p, label in samples]
+        if not self.samples:
+            raise ValueError(f"{type(self).__name__}: no videos given")
         self.targets = [label for _, label in self.samples]
         self.num_frames = int(num_frames)
         self.transform = transform
