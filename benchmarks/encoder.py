@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from step_memory import peak_step_memory_mib  # benchmarks/ is the script's folder
 
 SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
@@ -47,19 +48,6 @@ def build(impl: str, size: str, img_size: int, patch_size: int) -> torch.nn.Modu
 
     # timm's eva_giant_patch14_224 recipe: fused qkv with q/v bias, CLS + abs pos, no rope
     return Eva(qkv_fused=True, qkv_bias=True, use_abs_pos_emb=True, use_rot_pos_emb=False, **cfg)
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _setup(impl: str, size: str, grad_ckpt: bool, img_size: int, patch_size: int, batch: int, device: str):
@@ -83,18 +71,7 @@ def peak_step_memory(impl: str, size: str, grad_ckpt: bool, img_size: int, patch
                      device: str) -> float:
     """Peak memory (MiB) of one training step beyond the weights and gradients."""
     model, step = _setup(impl, size, grad_ckpt, img_size, patch_size, batch, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # reset the kernel's peak-RSS mark (VmHWM) so imports and model construction do not count
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _rss_bytes()
-    step()
-    return (_status_kib("VmHWM") * 1024 - base) / 2**20
+    return peak_step_memory_mib(step, device)
 
 
 def paired_throughput(size: str, grad_ckpt: bool, img_size: int, patch_size: int, batch: int, iters: int,

@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from step_memory import peak_step_memory_mib  # benchmarks/ is the script's folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -88,34 +89,11 @@ def _setup(impl: str, size: str, img_size: int, window: int, ckpt: bool, batch: 
     return step
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_step_memory(impl: str, size: str, img_size: int, window: int, ckpt: bool, batch: int,
                      device: str) -> float:
     """Peak memory (MiB) of one training step beyond the weights and gradients."""
     step = _setup(impl, size, img_size, window, ckpt, batch, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: construction must not count
-        f.write("5")
-    base = _rss_bytes()
-    step()
-    return (_status_kib("VmHWM") * 1024 - base) / 2**20
+    return peak_step_memory_mib(step, device)
 
 
 def paired_ms_per_image(size: str, img_size: int, window: int, ckpt: bool, batch: int, iters: int,
