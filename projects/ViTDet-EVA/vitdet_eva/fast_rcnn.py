@@ -1,0 +1,223 @@
+"""detectron2's ``FastRCNNOutputLayers``: class scores and box deltas per RoI, their losses and inference.
+
+Losses are detectron2's: ``loss_cls`` is softmax cross-entropy averaged over the sampled RoIs (or
+sigmoid CE / the federated loss for LVIS, ``vitdet_eva.data.federated``); ``loss_box_reg`` is the
+smooth-L1 (L1 at beta 0) of the foreground RoIs' deltas, summed and divided by the number of
+*all* sampled RoIs, so background RoIs dilute it. Inference keeps, per class, boxes scoring above
+``test_score_thresh``, runs per-class NMS (``torchvision.ops.batched_nms``) and keeps the top
+``test_topk_per_image`` (``docs/recipes/detection.md#heads``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from .box_regression import Box2BoxTransform
+from .data.federated import federated_sigmoid_ce_loss
+from .layers import ShapeSpec
+from .structures import Instances
+
+__all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
+
+
+def fast_rcnn_inference(boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                        image_shapes: Sequence[tuple[int, int]], score_thresh: float, nms_thresh: float,
+                        topk_per_image: int) -> tuple[list[Instances], list[torch.Tensor]]:
+    """Per image: threshold, per-class NMS, top-k (detectron2's ``fast_rcnn_inference``).
+
+    Args:
+        boxes: per image ``[R, 4]`` (class-agnostic) or ``[R, 4K]``.
+        scores: per image ``[R, K + 1]`` (last column background).
+        image_shapes: per image ``(h, w)`` to clip boxes to.
+        score_thresh, nms_thresh, topk_per_image: as the names say (``topk < 0``: keep all).
+
+    Returns:
+        ``(instances, kept_indices)``: ``Instances`` with ``pred_boxes [D, 4]``, ``scores [D]``,
+        ``pred_classes [D]``, and for each the index of the RoI each detection came from.
+    """
+    results = [fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+               for b, s, shape in zip(boxes, scores, image_shapes)]
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def fast_rcnn_inference_single_image(boxes: torch.Tensor, scores: torch.Tensor, image_shape: tuple[int, int],
+                                     score_thresh: float, nms_thresh: float, topk_per_image: int
+                                     ) -> tuple[Instances, torch.Tensor]:
+    """One image of :func:`fast_rcnn_inference`."""
+    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid.all():
+        boxes, scores = boxes[valid], scores[valid]
+    scores = scores[:, :-1]
+    num_bbox_reg_classes = boxes.shape[1] // 4
+    boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(-1, num_bbox_reg_classes, 4)
+    filter_mask = scores > score_thresh
+    filter_inds = filter_mask.nonzero()
+    if num_bbox_reg_classes == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+    keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    if topk_per_image >= 0:
+        keep = keep[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+    result = Instances(image_shape, pred_boxes=boxes, scores=scores, pred_classes=filter_inds[:, 1])
+    roi_index = filter_inds[:, 0]
+    if not valid.all():
+        roi_index = valid.nonzero()[:, 0][roi_index]
+    return result, roi_index
+
+
+class FastRCNNOutputLayers(nn.Module):
+    """Two linear layers on the box head's output: ``cls_score`` (K + 1) and ``bbox_pred`` (4 or 4K).
+
+    Args:
+        input_shape: the box head's output shape (ViTDet: ``ShapeSpec(channels=1024)``).
+        box2box_transform: the stage's delta encoding (weights per cascade stage).
+        num_classes: K foreground classes.
+        test_score_thresh: minimum score kept at inference (ViTDet's cascade: 0.05).
+        test_nms_thresh: per-class NMS IoU.
+        test_topk_per_image: detections kept per image.
+        cls_agnostic_bbox_reg: one box per RoI instead of one per class (ViTDet: True).
+        smooth_l1_beta: 0 is L1.
+        use_sigmoid_ce: sigmoid cross-entropy instead of softmax.
+        use_fed_loss: the federated loss (implies sigmoid CE); needs ``get_fed_loss_cls_weights``.
+        fed_loss_num_classes: classes in the federated loss (50).
+        get_fed_loss_cls_weights: a callable returning the ``[K]`` class weights (called once here).
+        loss_weight: a float for every loss or a dict ``{"loss_cls": .., "loss_box_reg": ..}``.
+    """
+
+    def __init__(self, input_shape: ShapeSpec | int, *, box2box_transform: Box2BoxTransform, num_classes: int,
+                 test_score_thresh: float = 0.0, test_nms_thresh: float = 0.5, test_topk_per_image: int = 100,
+                 cls_agnostic_bbox_reg: bool = False, smooth_l1_beta: float = 0.0,
+                 use_sigmoid_ce: bool = False, use_fed_loss: bool = False, fed_loss_num_classes: int = 50,
+                 get_fed_loss_cls_weights: Callable[[], torch.Tensor] | None = None,
+                 loss_weight: float | dict[str, float] = 1.0):
+        super().__init__()
+        if isinstance(input_shape, int):
+            input_shape = ShapeSpec(channels=input_shape)
+        input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        if num_classes < 1:
+            raise ValueError(f"FastRCNNOutputLayers num_classes={num_classes}: expected >= 1")
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(input_size, num_classes + 1)
+        num_bbox_reg_classes = 1 if cls_agnostic_bbox_reg else num_classes
+        self.bbox_pred = nn.Linear(input_size, num_bbox_reg_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.constant_(layer.bias, 0)
+        self.box2box_transform = box2box_transform
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.test_score_thresh = float(test_score_thresh)
+        self.test_nms_thresh = float(test_nms_thresh)
+        self.test_topk_per_image = int(test_topk_per_image)
+        self.use_fed_loss = bool(use_fed_loss)
+        self.use_sigmoid_ce = bool(use_sigmoid_ce) or self.use_fed_loss
+        self.fed_loss_num_classes = int(fed_loss_num_classes)
+        if isinstance(loss_weight, (int, float)):
+            loss_weight = {"loss_cls": float(loss_weight), "loss_box_reg": float(loss_weight)}
+        self.loss_weight = dict(loss_weight)
+        if self.use_fed_loss:
+            if get_fed_loss_cls_weights is None:
+                raise ValueError("use_fed_loss=True needs get_fed_loss_cls_weights (a callable returning "
+                                 "[num_classes] weights, e.g. vitdet_eva.data.get_fed_loss_cls_weights)")
+            weights = torch.as_tensor(get_fed_loss_cls_weights(), dtype=torch.float32)
+            if weights.shape != (num_classes,):
+                raise ValueError(f"get_fed_loss_cls_weights returned shape {tuple(weights.shape)}; expected "
+                                 f"({num_classes},), one weight per class")
+            self.register_buffer("fed_loss_cls_weights", weights, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores [R, K + 1], proposal_deltas [R, 4 or 4K])`` from box features ``[R, ...]``."""
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+    def losses(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: Sequence[Instances]
+               ) -> dict[str, torch.Tensor]:
+        """``loss_cls`` and ``loss_box_reg`` for sampled RoIs.
+
+        Args:
+            predictions: the output of :meth:`forward`.
+            proposals: per image, ``Instances`` with ``proposal_boxes``, ``gt_classes`` (``K`` =
+                background) and ``gt_boxes``.
+        """
+        scores, proposal_deltas = predictions
+        if len(proposals):
+            gt_classes = torch.cat([p.gt_classes for p in proposals])
+            proposal_boxes = torch.cat([p.proposal_boxes for p in proposals])
+            if not all(p.has("gt_boxes") for p in proposals if len(p)):
+                raise ValueError("FastRCNNOutputLayers.losses needs gt_boxes on every proposal Instances")
+            gt_boxes = torch.cat([p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes for p in proposals])
+        else:
+            gt_classes = scores.new_zeros((0,), dtype=torch.int64)
+            proposal_boxes = gt_boxes = scores.new_zeros((0, 4))
+        if self.use_sigmoid_ce:
+            loss_cls = self.sigmoid_cross_entropy_loss(scores, gt_classes)
+        else:
+            loss_cls = (F.cross_entropy(scores, gt_classes, reduction="mean") if gt_classes.numel()
+                        else scores.sum() * 0.0)
+        losses = {"loss_cls": loss_cls,
+                  "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)}
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def sigmoid_cross_entropy_loss(self, pred_class_logits: torch.Tensor, gt_classes: torch.Tensor
+                                   ) -> torch.Tensor:
+        """Sigmoid CE summed over classes and divided by the RoI count (federated when enabled)."""
+        if pred_class_logits.numel() == 0:
+            return pred_class_logits.sum() * 0.0
+        if self.use_fed_loss:
+            return federated_sigmoid_ce_loss(pred_class_logits, gt_classes, self.num_classes,
+                                             self.fed_loss_cls_weights, self.fed_loss_num_classes)
+        n = pred_class_logits.shape[0]
+        target = F.one_hot(gt_classes, self.num_classes + 1)[:, : self.num_classes].to(pred_class_logits)
+        loss = F.binary_cross_entropy_with_logits(pred_class_logits[:, :-1], target, reduction="none")
+        return loss.sum() / n
+
+    def box_reg_loss(self, proposal_boxes: torch.Tensor, gt_boxes: torch.Tensor, pred_deltas: torch.Tensor,
+                     gt_classes: torch.Tensor) -> torch.Tensor:
+        """Smooth-L1 of the foreground deltas, summed, divided by ``max(#sampled RoIs, 1)``."""
+        box_dim = proposal_boxes.shape[1]
+        fg_inds = torch.nonzero((gt_classes >= 0) & (gt_classes < self.num_classes), as_tuple=True)[0]
+        if pred_deltas.shape[1] == box_dim:
+            fg_pred_deltas = pred_deltas[fg_inds]
+        else:
+            fg_pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[fg_inds, gt_classes[fg_inds]]
+        gt_deltas = self.box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
+        if self.smooth_l1_beta < 1e-5:
+            loss = F.l1_loss(fg_pred_deltas, gt_deltas, reduction="sum")
+        else:
+            loss = F.smooth_l1_loss(fg_pred_deltas, gt_deltas, beta=self.smooth_l1_beta, reduction="sum")
+        return loss / max(gt_classes.numel(), 1.0)
+
+    def inference(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: Sequence[Instances]
+                  ) -> tuple[list[Instances], list[torch.Tensor]]:
+        """Detections per image (see :func:`fast_rcnn_inference`)."""
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.predict_probs(predictions, proposals)
+        return fast_rcnn_inference(boxes, scores, [p.image_size for p in proposals], self.test_score_thresh,
+                                   self.test_nms_thresh, self.test_topk_per_image)
+
+    def predict_boxes(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: Sequence[Instances]
+                      ) -> list[torch.Tensor]:
+        """Per image, the regressed boxes ``[Ri, 4]`` (agnostic) or ``[Ri, 4K]``."""
+        if not len(proposals):
+            return []
+        _, proposal_deltas = predictions
+        num_prop = [len(p) for p in proposals]
+        proposal_boxes = torch.cat([p.proposal_boxes for p in proposals])
+        boxes = self.box2box_transform.apply_deltas(proposal_deltas, proposal_boxes)
+        return list(boxes.split(num_prop))
+
+    def predict_probs(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: Sequence[Instances]
+                      ) -> list[torch.Tensor]:
+        """Per image, class probabilities ``[Ri, K + 1]`` (softmax, or sigmoid with sigmoid CE)."""
+        scores, _ = predictions
+        num_inst = [len(p) for p in proposals]
+        probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
+        return list(probs.split(num_inst, dim=0))
