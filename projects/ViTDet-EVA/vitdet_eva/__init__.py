@@ -5,9 +5,14 @@ Importing the package registers its checkpoint layouts (``hf_vitdet``).
 from . import layouts  # noqa: F401  (registers checkpoint layouts)
 from .anchor_generator import DefaultAnchorGenerator
 from .backbone import Backbone, LastLevelMaxPool, SimpleFeaturePyramid, ViT
+from .box_head import FastRCNNConvFCHead
 from .box_regression import Box2BoxTransform
+from .cascade_rcnn import CascadeROIHeads
+from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
+from .mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss
 from .matcher import Matcher
+from .poolers import ROIPooler
 from .rpn import RPN, StandardRPNHead, find_top_rpn_proposals
 from .sampling import subsample_labels
 from .structures import ImageList, Instances
@@ -15,3 +20,5 @@ from .structures import ImageList, Instances
 __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2d", "LayerNorm", "ShapeSpec",
            "get_norm", "ImageList", "Instances", "Box2BoxTransform", "DefaultAnchorGenerator", "Matcher",
            "subsample_labels", "StandardRPNHead", "RPN", "find_top_rpn_proposals"]
+__all__ += ["ROIPooler", "FastRCNNConvFCHead", "FastRCNNOutputLayers", "fast_rcnn_inference",
+            "MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "CascadeROIHeads"]
