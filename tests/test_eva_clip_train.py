@@ -9,6 +9,8 @@ import math
 import tarfile
 
 import pytest
+import importlib.util
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -51,11 +53,11 @@ def trained(toy_world, tmp_path_factory):
         f"train.checkpointer.period={MAX_ITER}", "train.log_period=25"])
     result = train_from_config(cfg, tensorboard=False)
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    return result, [r["loss_clip"] for r in records if "loss_clip" in r]
+    return result, [r["loss_clip"] for r in records if "loss_clip" in r], out
 
 
 def test_toy_clip_config_trains_and_contrastive_loss_falls_by_half(trained):
-    _, losses = trained
+    _, losses, _ = trained
     # a batch of 32 starts at chance: ln(32) = 3.47 nats; measured: 1.71 after 300 iterations
     assert len(losses) == MAX_ITER // 25
     assert abs(losses[0] - math.log(BATCH)) < 0.15
@@ -64,7 +66,7 @@ def test_toy_clip_config_trains_and_contrastive_loss_falls_by_half(trained):
 
 
 def test_toy_clip_zero_shot_colour_top1_far_above_chance(trained):
-    result, _ = trained
+    result, _, _ = trained
     n, p = 8 * VAL_PER_CLASS, 1 / 8
     # chance plus five binomial standard deviations of the chance count (200 images: 24.2%)
     bound = 100 * (p + 5 * math.sqrt(p * (1 - p) / n))
@@ -177,3 +179,50 @@ def test_caption_csv_matches_webdataset_shards_and_counts_empty_captions(toy_wor
     (tmp_path / "cols.csv").write_text("path,text\nx.jpg,a\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['filepath', 'caption'\]"):
         CaptionCsvDataset(tmp_path / "cols.csv")
+
+
+def _eval_tool():
+    path = Path(__file__).resolve().parents[1] / "tools" / "eval_zero_shot.py"
+    spec = importlib.util.spec_from_file_location("eval_zero_shot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_zero_shot_tool_reproduces_the_training_evaluation(trained, toy_world, capsys, tmp_path):
+    result, _, out = trained
+    tool = _eval_tool()
+    common = ["--model", "eva_clip_tiny", "--vision-cfg", "img_size=32", "patch_size=8",
+              "--data", toy_world["imagefolder_color_val"], "--img-size", "32", "--interpolation", "bilinear",
+              "--template", "a photo of a {} shape."]
+    assert tool.main([*common, "--checkpoint", str(out / "model_final.pth")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("results: ")]
+    results = json.loads(lines[-1][len("results: "):])
+    assert results["top1"] == result.results["top1"] and results["num_samples"] == 8 * VAL_PER_CLASS
+    # a checkpoint that lacks the text tower is refused (every tensor must load), exit status 2
+    sd = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    torch.save({k: v for k, v in sd.items() if not k.startswith("model.text.")}, tmp_path / "vision_only.pth")
+    assert tool.main([*common, "--checkpoint", str(tmp_path / "vision_only.pth")]) == 2
+    assert "text" in capsys.readouterr().err
+
+
+def test_caption_loader_resumes_mid_epoch_exactly(toy_world):
+    def loader():
+        data = CaptionWebDataset(toy_world["captions_shards"], build_transform(is_train=True, img_size=32),
+                                 get_tokenizer())
+        return build_train_loader(data, total_batch_size=16, seed=3)
+
+    full = loader()
+    it = iter(full)
+    uninterrupted = [next(it) for _ in range(25)]  # 20 batches per epoch: crosses into epoch 1
+    first = loader()
+    it = iter(first)
+    for _ in range(7):
+        next(it)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    it = iter(resumed)
+    for expected in uninterrupted[7:]:
+        got = next(it)
+        assert got["caption"] == expected["caption"] and torch.equal(got["text"], expected["text"])
+        assert torch.equal(got["image"], expected["image"])
