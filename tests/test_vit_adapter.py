@@ -5,6 +5,7 @@ import torch
 
 from eva_core.checkpoint import load_checkpoint, save_atomic
 from eva_core.models.eva import Eva
+from eva_core.optim.layer_decay import param_groups_layer_decay
 from mask2former_eva import layouts  # noqa: F401  (registers mmseg_beit_adapter)
 from mask2former_eva.adapter_modules import AdapterDeformAttn, Injector, deform_inputs
 from mask2former_eva.ms_deform_attn import MSDeformAttn
@@ -35,6 +36,15 @@ def test_adapter_returns_strides_4_8_16_32_on_a_non_square_input():
     assert model.out_strides == (4, 8, 16, 32)
     with pytest.raises(ValueError, match="divisible by 32"):
         model(torch.randn(1, 3, 48, 64))
+
+
+def test_adapter_runs_a_windowed_encoder_without_class_token():
+    # ViTDet-style encoder: windowed blocks need a sequence without prefix tokens
+    model = _adapter(encoder_kw={"class_token": False, "pos_embed_cls_slot": True, "window_size": 2,
+                                 "global_block_indexes": (2, 4)})
+    assert model.encoder.num_prefix_tokens == 0
+    feats = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
 
 
 def test_interaction_indexes_cover_every_block_once_in_order():
@@ -76,6 +86,19 @@ def test_gradients_reach_the_encoder_the_spatial_prior_module_and_the_adapter():
                  "spm.", "interactions.0.injector.attn.", "interactions.3.extra_extractors.1.ffn.",
                  "level_embed", "up."):
         assert any(n.startswith(part) for n, _ in model.named_parameters())
+
+
+def test_layer_decay_gives_the_adapter_the_full_lr_as_the_release_does():
+    # EVA-01 seg's get_num_layer_for_vit: backbone.blocks.i -> i + 1, stem -> 0, anything else
+    # (spm, interactions, level_embed, up, norm1..4) -> L + 1
+    model = _adapter()
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.9)
+             for p in g["params"]}
+    assert scale["encoder.pos_embed"] == pytest.approx(0.9 ** (DEPTH + 1))
+    assert scale["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.9 ** DEPTH)
+    adapter = [n for n in scale if not n.startswith("encoder.")]
+    assert adapter and all(scale[n] == 1.0 for n in adapter)
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
@@ -232,3 +255,25 @@ def test_mmseg_beit_adapter_checkpoint_loads_with_nothing_missing_or_unexpected(
     # the loaded model runs and its injector gammas are the file's (no re-initialisation on load)
     assert torch.equal(model.interactions[0].injector.gamma, sd["backbone.interactions.0.injector.gamma"])
     model.eval()(torch.randn(1, 3, 64, 64))
+
+
+def test_eva_g_adapter_has_the_release_shapes():
+    # EVA-01 seg config (docs/recipes/segmentation.md), built on the meta device: no memory, no time
+    with torch.device("meta"):
+        encoder = Eva(img_size=896, patch_size=16, num_classes=0, global_pool="", embed_dim=1408,
+                      depth=40, num_heads=16, mlp_ratio=6144 / 1408, use_post_transformer_norm=False,
+                      drop_path_rate=0.5)
+        model = EVAAdapter(encoder, conv_inplane=64, n_points=4, deform_num_heads=16, cffn_ratio=0.25,
+                           deform_ratio=0.5, drop_path_rate=0.5, grad_checkpointing=True)
+    assert model.interaction_indexes == [[0, 9], [10, 19], [20, 29], [30, 39]]
+    sd = model.state_dict()
+    assert tuple(sd["encoder.pos_embed"].shape) == (1, 1 + 56 * 56, 1408)
+    assert tuple(sd["spm.stem.0.weight"].shape) == (64, 3, 3, 3)
+    assert tuple(sd["interactions.0.injector.attn.value_proj.weight"].shape) == (704, 1408)  # ratio 0.5
+    # 16 heads x 3 levels x 4 points x (x, y)
+    assert tuple(sd["interactions.0.injector.attn.sampling_offsets.weight"].shape) == (384, 1408)
+    assert tuple(sd["interactions.0.extractor.ffn.fc1.weight"].shape) == (352, 1408)  # cffn ratio 0.25
+    # only the last interaction has the two extra extractors
+    assert [k.split(".")[1] for k in sd if k.endswith("extra_extractors.1.ffn.fc2.weight")] == ["3"]
+    assert model.interactions[0].extractor.drop_path.drop_prob == 0.5
+    assert model.encoder.grad_checkpointing and model.interactions[3].extra_extractors[1].with_cp
