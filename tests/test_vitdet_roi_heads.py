@@ -11,9 +11,9 @@ from torchvision.ops import box_iou, roi_align
 from vitdet_eva.box_head import FastRCNNConvFCHead
 from vitdet_eva.box_regression import Box2BoxTransform
 from vitdet_eva.cascade_rcnn import CascadeROIHeads
-from vitdet_eva.fast_rcnn import FastRCNNOutputLayers
+from vitdet_eva.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from vitdet_eva.layers import ShapeSpec
-from vitdet_eva.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference
+from vitdet_eva.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss
 from vitdet_eva.matcher import Matcher
 from vitdet_eva.poolers import ROIPooler, assign_boxes_to_levels
 from vitdet_eva.structures import Instances
@@ -230,3 +230,96 @@ def test_mask_inference_keeps_the_predicted_class_mask():
     assert a.pred_masks.shape == (2, 1, 28, 28) and b.pred_masks.shape == (1, 1, 28, 28)
     torch.testing.assert_close(a.pred_masks[:, 0], torch.stack([logits[0, 2], logits[1, 0]]).sigmoid())
     torch.testing.assert_close(b.pred_masks[0, 0], logits[2, 3].sigmoid())
+
+
+def test_mask_loss_is_bce_of_the_gt_class_mask_against_the_roi_aligned_gt_mask():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    gt_masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    gt_masks[0, :, :16] = True  # left half of the image
+    gt_masks[1, 8:24, 8:24] = True
+    # RoI 0 covers x 0..32: its target is the left half of the 8x8 grid; RoI 1 is exactly its mask's box
+    inst = Instances((32, 32), proposal_boxes=torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 8.0, 24.0, 24.0]]),
+                     gt_classes=torch.tensor([2, 1]), gt_masks=gt_masks)
+    target = torch.zeros(2, 8, 8)
+    target[0, :, :4] = 1
+    target[1] = 1
+    expected = F.binary_cross_entropy_with_logits(torch.stack([logits[0, 2], logits[1, 1]]), target)
+    torch.testing.assert_close(mask_rcnn_loss(logits, [inst]), expected)
+
+
+def test_fast_rcnn_inference_runs_nms_per_class_and_keeps_top_k():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.5, 0.0, 10.5, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    # columns: class 0, class 1, background
+    scores = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.15, 0.05], [0.01, 0.6, 0.39]])
+    (inst,), (rois,) = fast_rcnn_inference([boxes], [scores], [(32, 32)], score_thresh=0.1, nms_thresh=0.5,
+                                           topk_per_image=100)
+    # RoI 1's class-0 box is suppressed by RoI 0's, but its class-1 box survives (another class)
+    assert inst.pred_classes.tolist() == [0, 1, 1]
+    assert rois.tolist() == [0, 2, 1]
+    torch.testing.assert_close(inst.scores, torch.tensor([0.9, 0.6, 0.15]))
+    (top,), _ = fast_rcnn_inference([boxes], [scores], [(32, 32)], 0.1, 0.5, topk_per_image=1)
+    assert len(top) == 1 and float(top.scores[0]) == pytest.approx(0.9)
+
+
+def test_cascade_scales_the_pooled_feature_gradient_by_one_over_the_stage_count():
+    torch.manual_seed(0)
+    heads = _tiny_cascade()
+    feats, proposals, targets = _toy_world(seed=0)
+    feats = {k: v.requires_grad_(True) for k, v in feats.items()}
+    sampled = heads.label_and_sample_proposals([proposals], [targets])
+    grads = []
+    for scale_on in (True, False):
+        heads.train(scale_on)  # the scale applies in training only; the forward is the same either way
+        pred = heads._run_stage([feats[f] for f in FEATS], sampled, 0)
+        grads.append(torch.autograd.grad(pred[0].sum(), feats["p2"])[0])
+    torch.testing.assert_close(grads[0], grads[1] / 3)
+
+
+def test_cascade_trains_on_an_image_without_gt_on_negatives_only():
+    torch.manual_seed(0)
+    heads = _tiny_cascade()
+    feats, proposals, _ = _toy_world(seed=0)
+    empty = Instances((128, 128), gt_boxes=torch.zeros(0, 4), gt_classes=torch.zeros(0, dtype=torch.int64),
+                      gt_masks=torch.zeros(0, 128, 128, dtype=torch.bool))
+    sampled, losses = heads(None, feats, [proposals], [empty])
+    assert (sampled[0].gt_classes == 2).all()
+    assert float(losses["loss_box_reg_stage0"].detach()) == 0.0 and float(losses["loss_mask"].detach()) == 0.0
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_training_proposals_include_the_gt_boxes_with_their_targets():
+    torch.manual_seed(0)
+    heads = _tiny_cascade()
+    _, proposals, targets = _toy_world(seed=0)
+    # no RPN proposal overlaps: only the appended gt boxes can be foreground
+    far = Instances((128, 128), proposal_boxes=torch.tensor([[0.0, 100.0, 4.0, 104.0]]),
+                    objectness_logits=torch.zeros(1))
+    (sampled,) = heads.label_and_sample_proposals([far], [targets])
+    fg = sampled.gt_classes < 2
+    assert sorted(sampled.gt_classes[fg].tolist()) == [0, 1]
+    torch.testing.assert_close(sampled.proposal_boxes[fg], sampled.gt_boxes[fg])
+    assert sampled.gt_masks.shape == (3, 128, 128)
+
+
+def test_sigmoid_ce_and_federated_loss_match_their_definitions():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4)
+    gt = torch.tensor([0, 3, 3, 1])  # class 2 absent: the federated draw adds it (weights > 0)
+    props = Instances((32, 32), proposal_boxes=torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 4),
+                      gt_boxes=torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 4), gt_classes=gt)
+    sig = FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((10, 10, 5, 5)), num_classes=3,
+                               use_sigmoid_ce=True)
+    target = F.one_hot(gt, 4)[:, :3].float()
+    expected = F.binary_cross_entropy_with_logits(logits[:, :3], target, reduction="sum") / 4
+    torch.testing.assert_close(sig.losses((logits, torch.zeros(4, 4)), [props])["loss_cls"], expected)
+    # with the federated class set covering all 3 classes the federated loss is the same sum
+    fed = FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((10, 10, 5, 5)), num_classes=3,
+                               use_fed_loss=True, fed_loss_num_classes=50,
+                               get_fed_loss_cls_weights=lambda: torch.tensor([1.0, 4.0, 9.0]))
+    torch.testing.assert_close(fed.losses((logits, torch.zeros(4, 4)), [props])["loss_cls"], expected)
+    torch.testing.assert_close(fed.predict_probs((logits, None), [props])[0], logits.sigmoid())
+    with pytest.raises(ValueError, match="get_fed_loss_cls_weights"):
+        FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((1, 1, 1, 1)), num_classes=3,
+                             use_fed_loss=True)

@@ -151,8 +151,12 @@ class FastRCNNOutputLayers(nn.Module):
         if len(proposals):
             gt_classes = torch.cat([p.gt_classes for p in proposals])
             proposal_boxes = torch.cat([p.proposal_boxes for p in proposals])
-            if not all(p.has("gt_boxes") for p in proposals if len(p)):
-                raise ValueError("FastRCNNOutputLayers.losses needs gt_boxes on every proposal Instances")
+            for i, p in enumerate(proposals):
+                # only foreground RoIs read gt_boxes; an image without gt has none (detectron2)
+                has_fg = bool(((p.gt_classes >= 0) & (p.gt_classes < self.num_classes)).any())
+                if has_fg and not p.has("gt_boxes"):
+                    raise ValueError(f"FastRCNNOutputLayers.losses: proposals[{i}] has foreground RoIs "
+                                     "but no gt_boxes")
             gt_boxes = torch.cat([p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes for p in proposals])
         else:
             gt_classes = scores.new_zeros((0,), dtype=torch.int64)
