@@ -1,7 +1,13 @@
 """ViT-Adapter on the EVA encoder (projects/Mask2Former-EVA): shapes, interactions, gradients,
 activation checkpointing, the injector's identity start and the mmseg checkpoint layout."""
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers.models.mask2former import modeling_mask2former as hf
 
 from eva_core.checkpoint import load_checkpoint, save_atomic
 from eva_core.models.eva import Eva
@@ -162,6 +168,28 @@ def test_adapter_deform_attn_with_ratio_1_equals_msdeformattn():
     half = AdapterDeformAttn(DIM, n_levels=3, n_heads=4, ratio=0.5)
     assert tuple(half.value_proj.weight.shape) == (DIM // 2, DIM)
     assert tuple(half.output_proj.weight.shape) == (DIM, DIM // 2)
+
+
+def test_adapter_deform_attn_with_ratio_half_equals_transformers_sampling_of_narrow_values():
+    # ViT-Adapter's op: values projected to ratio * d_model, split over the heads, sampled at
+    # reference + offset / (W_l, H_l), softmax over levels x points, then output_proj back to d_model
+    torch.manual_seed(1)
+    heads, levels, points = 4, 3, 2
+    attn = AdapterDeformAttn(DIM, n_levels=levels, n_heads=heads, n_points=points, ratio=0.5)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.2)
+    shapes = [(4, 6), (2, 3), (1, 2)]
+    query, refs = torch.randn(2, 5, DIM), torch.rand(2, 5, levels, 2)
+    feat = torch.randn(2, sum(h * w for h, w in shapes), DIM)
+    value = attn.value_proj(feat).view(2, -1, heads, DIM // 2 // heads)
+    offsets = attn.sampling_offsets(query).view(2, 5, heads, levels, points, 2)
+    weights = attn.attention_weights(query).view(2, 5, heads, -1).softmax(-1)
+    weights = weights.view(2, 5, heads, levels, points)
+    norm = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)
+    locations = refs[:, :, None, :, None] + offsets / norm[None, None, None, :, None]
+    expected = attn.output_proj(hf.multi_scale_deformable_attention(value, shapes, locations, weights))
+    assert torch.allclose(attn(query, refs, feat, shapes), expected, atol=1e-5)
 
 
 def _mmseg_backbone_file(depth, interactions, dim, inplanes, ratio, grid, mlp_hidden):
