@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import MultiScaleRoIAlign, box_iou, generalized_box_iou_loss, roi_align
 
 from vitdet_eva.box_head import FastRCNNConvFCHead
 from vitdet_eva.box_regression import Box2BoxTransform
@@ -323,3 +323,27 @@ def test_sigmoid_ce_and_federated_loss_match_their_definitions():
     with pytest.raises(ValueError, match="get_fed_loss_cls_weights"):
         FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((1, 1, 1, 1)), num_classes=3,
                              use_fed_loss=True)
+
+
+def test_roi_pooler_legacy_roialign_equals_torchvision_multiscale_roi_align():
+    # torchvision's MultiScaleRoIAlign is not aligned (detectron2's "ROIAlign") and maps levels alike
+    torch.manual_seed(0)
+    feats = {n: torch.randn(2, 3, 256 // s, 256 // s) for n, s in zip(FEATS, (4, 8, 16, 32))}
+    boxes = [torch.tensor([[3.0, 5.0, 40.0, 30.0], [10.0, 10.0, 250.0, 200.0]]),
+             torch.tensor([[0.5, 1.5, 130.0, 140.0], [20.0, 30.0, 28.0, 39.0], [0.0, 0.0, 256.0, 256.0]])]
+    ours = ROIPooler(7, SCALES, sampling_ratio=2, pooler_type="ROIAlign")([feats[n] for n in FEATS], boxes)
+    ref = MultiScaleRoIAlign(FEATS, 7, 2)(feats, boxes, [(256, 256), (256, 256)])
+    torch.testing.assert_close(ours, ref)
+
+
+def test_giou_box_loss_is_torchvisions_on_the_decoded_foreground_boxes():
+    predictor = FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((10, 10, 5, 5)), num_classes=2,
+                                     cls_agnostic_bbox_reg=True, box_reg_loss_type="giou")
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 25.0, 15.0]])
+    gt = torch.tensor([[2.0, 1.0, 12.0, 14.0], [0.0, 0.0, 1.0, 1.0]])
+    props = Instances((32, 32), proposal_boxes=boxes, gt_boxes=gt, gt_classes=torch.tensor([1, 2]))
+    loss = predictor.losses((torch.zeros(2, 3), torch.zeros(2, 4)), [props])["loss_box_reg"]
+    torch.testing.assert_close(loss, generalized_box_iou_loss(boxes[:1], gt[:1], reduction="sum") / 2)
+    with pytest.raises(ValueError, match="box_reg_loss_type"):
+        FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((1, 1, 1, 1)), num_classes=2,
+                             box_reg_loss_type="l2")

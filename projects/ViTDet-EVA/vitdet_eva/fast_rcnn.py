@@ -14,12 +14,17 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import (batched_nms, clip_boxes_to_image, complete_box_iou_loss, distance_box_iou_loss,
+                             generalized_box_iou_loss)
 
 from .box_regression import Box2BoxTransform
 from .data.federated import federated_sigmoid_ce_loss
 from .layers import ShapeSpec
 from .structures import Instances
+
+# detectron2's box_reg_loss_type values other than "smooth_l1": losses on the decoded boxes
+_BOX_IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss,
+                   "ciou": complete_box_iou_loss}
 
 __all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
@@ -84,6 +89,8 @@ class FastRCNNOutputLayers(nn.Module):
         test_topk_per_image: detections kept per image.
         cls_agnostic_bbox_reg: one box per RoI instead of one per class (ViTDet: True).
         smooth_l1_beta: 0 is L1.
+        box_reg_loss_type: ``"smooth_l1"`` on the deltas (ViTDet) or ``"giou"`` / ``"diou"`` / ``"ciou"`` on
+            the decoded boxes (torchvision's losses).
         use_sigmoid_ce: sigmoid cross-entropy instead of softmax.
         use_fed_loss: the federated loss (implies sigmoid CE); needs ``get_fed_loss_cls_weights``.
         fed_loss_num_classes: classes in the federated loss (50).
@@ -94,6 +101,7 @@ class FastRCNNOutputLayers(nn.Module):
     def __init__(self, input_shape: ShapeSpec | int, *, box2box_transform: Box2BoxTransform, num_classes: int,
                  test_score_thresh: float = 0.0, test_nms_thresh: float = 0.5, test_topk_per_image: int = 100,
                  cls_agnostic_bbox_reg: bool = False, smooth_l1_beta: float = 0.0,
+                 box_reg_loss_type: str = "smooth_l1",
                  use_sigmoid_ce: bool = False, use_fed_loss: bool = False, fed_loss_num_classes: int = 50,
                  get_fed_loss_cls_weights: Callable[[], torch.Tensor] | None = None,
                  loss_weight: float | dict[str, float] = 1.0):
@@ -113,6 +121,10 @@ class FastRCNNOutputLayers(nn.Module):
             nn.init.constant_(layer.bias, 0)
         self.box2box_transform = box2box_transform
         self.smooth_l1_beta = float(smooth_l1_beta)
+        if box_reg_loss_type != "smooth_l1" and box_reg_loss_type not in _BOX_IOU_LOSSES:
+            raise ValueError(f"box_reg_loss_type={box_reg_loss_type!r}: expected 'smooth_l1' or one of "
+                             f"{sorted(_BOX_IOU_LOSSES)}")
+        self.box_reg_loss_type = box_reg_loss_type
         self.test_score_thresh = float(test_score_thresh)
         self.test_nms_thresh = float(test_nms_thresh)
         self.test_topk_per_image = int(test_topk_per_image)
@@ -192,6 +204,10 @@ class FastRCNNOutputLayers(nn.Module):
             fg_pred_deltas = pred_deltas[fg_inds]
         else:
             fg_pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[fg_inds, gt_classes[fg_inds]]
+        if self.box_reg_loss_type in _BOX_IOU_LOSSES:
+            pred_boxes = self.box2box_transform.apply_deltas(fg_pred_deltas, proposal_boxes[fg_inds])
+            loss = _BOX_IOU_LOSSES[self.box_reg_loss_type](pred_boxes, gt_boxes[fg_inds], reduction="sum")
+            return loss / max(gt_classes.numel(), 1.0)
         gt_deltas = self.box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
         if self.smooth_l1_beta < 1e-5:
             loss = F.l1_loss(fg_pred_deltas, gt_deltas, reduction="sum")
