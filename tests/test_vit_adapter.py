@@ -23,8 +23,9 @@ INDEXES = [[0, 0], [1, 2], [3, 3], [4, 4]]
 
 
 def _encoder(**kw):
-    return Eva(img_size=64, patch_size=16, num_classes=0, global_pool="", embed_dim=DIM, depth=DEPTH,
-               num_heads=HEADS, mlp_ratio=2.0, use_post_transformer_norm=False, **kw)
+    kw = {"img_size": 64, **kw}
+    return Eva(patch_size=16, num_classes=0, global_pool="", embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+               mlp_ratio=2.0, use_post_transformer_norm=False, **kw)
 
 
 def _adapter(seed=0, encoder_kw=None, **kw):
@@ -305,3 +306,21 @@ def test_eva_g_adapter_has_the_release_shapes():
     assert [k.split(".")[1] for k in sd if k.endswith("extra_extractors.1.ffn.fc2.weight")] == ["3"]
     assert model.interactions[0].extractor.drop_path.drop_prob == 0.5
     assert model.encoder.grad_checkpointing and model.interactions[3].extra_extractors[1].with_cp
+
+
+def test_a_plain_encoder_checkpoint_initialises_the_adapters_encoder(tmp_path):
+    # the training init (eva_psz14to16.pt) is a bare encoder file: it fills encoder.*, the adapter
+    # keeps its fresh init, and min_loaded="encoder" (the engine's default for init) is met
+    source = _encoder(img_size=32)  # a 2x2 position grid, resampled to the model's 4x4
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / "eva_encoder.pth"
+    save_atomic({"model": source.state_dict()}, path)
+    model = _adapter()
+    fresh_gamma = model.interactions[0].injector.gamma.clone()
+    report = load_checkpoint(model, path, min_loaded="encoder")
+    assert report.missing == [] and report.unexpected == []
+    assert torch.equal(model.encoder.blocks[3].mlp.fc2.weight, source.blocks[3].mlp.fc2.weight)
+    assert tuple(model.encoder.pos_embed.shape) == (1, 1 + 16, DIM)
+    assert torch.equal(model.interactions[0].injector.gamma, fresh_gamma)
