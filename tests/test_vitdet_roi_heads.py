@@ -347,3 +347,36 @@ def test_giou_box_loss_is_torchvisions_on_the_decoded_foreground_boxes():
     with pytest.raises(ValueError, match="box_reg_loss_type"):
         FastRCNNOutputLayers(8, box2box_transform=Box2BoxTransform((1, 1, 1, 1)), num_classes=2,
                              box_reg_loss_type="l2")
+
+
+def test_roi_heads_build_from_detectron2s_vitdet_cascade_lazyconfig_tree_with_a_class_override():
+    from omegaconf import OmegaConf
+
+    from eva_core.config import L, LazyConfig, instantiate
+
+    ch, fc = 8, 16
+    roi_heads = L(CascadeROIHeads)(
+        num_classes=80, batch_size_per_image=512, positive_fraction=0.25, box_in_features=FEATS,
+        box_pooler=L(ROIPooler)(output_size=7, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2"),
+        box_heads=[L(FastRCNNConvFCHead)(input_shape=ShapeSpec(channels=ch, height=7, width=7),
+                                         conv_dims=[ch] * 4, fc_dims=[fc], conv_norm="LN") for _ in range(3)],
+        box_predictors=[L(FastRCNNOutputLayers)(
+            input_shape=ShapeSpec(channels=fc), test_score_thresh=0.05,
+            box2box_transform=L(Box2BoxTransform)(weights=(w1, w1, w2, w2)), cls_agnostic_bbox_reg=True,
+            num_classes="${...num_classes}") for w1, w2 in [(10, 5), (20, 10), (30, 15)]],
+        proposal_matchers=[L(Matcher)(thresholds=[t], labels=[0, 1], allow_low_quality_matches=False)
+                           for t in (0.5, 0.6, 0.7)],
+        mask_in_features=FEATS,
+        mask_pooler=L(ROIPooler)(output_size=14, scales=SCALES, sampling_ratio=0, pooler_type="ROIAlignV2"),
+        mask_head=L(MaskRCNNConvUpsampleHead)(input_shape=ShapeSpec(channels=ch, width=14, height=14),
+                                              num_classes="${..num_classes}", conv_dims=[ch] * 5,
+                                              conv_norm="LN"),
+    )
+    cfg = OmegaConf.create({"model": {"roi_heads": roi_heads}})
+    LazyConfig.apply_overrides(cfg, ["model.roi_heads.num_classes=3"])
+    heads = instantiate(cfg.model.roi_heads)
+    assert [p.cls_score.out_features for p in heads.box_predictor] == [4, 4, 4]
+    assert [p.box2box_transform.weights for p in heads.box_predictor] == [
+        (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
+    assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
+    assert heads.mask_head.predictor.out_channels == 3

@@ -6,14 +6,33 @@ read ``roi_heads.box_head.{stage}.conv1.norm.weight``
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from .layers import Conv2d, ShapeSpec, get_norm
 
-__all__ = ["FastRCNNConvFCHead", "c2_msra_fill", "c2_xavier_fill"]
+__all__ = ["FastRCNNConvFCHead", "as_shape_spec", "c2_msra_fill", "c2_xavier_fill"]
+
+
+def as_shape_spec(value, name: str = "input_shape") -> ShapeSpec:
+    """A ``ShapeSpec`` from itself, an int (channels), a mapping or a ``(channels, height, width,
+    stride)`` sequence: a config stores a ``ShapeSpec`` as a list, and the heads accept it back.
+
+    Raises:
+        TypeError: any other value; the message names the argument.
+    """
+    if isinstance(value, ShapeSpec):
+        return value
+    if isinstance(value, int):
+        return ShapeSpec(channels=value)
+    if isinstance(value, Mapping):
+        return ShapeSpec(**dict(value))
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) <= 4:
+        return ShapeSpec(*value)
+    raise TypeError(f"{name}={value!r}: expected a ShapeSpec, channels (int), a mapping or "
+                    "(channels, height, width, stride)")
 
 
 def c2_msra_fill(module: nn.Module) -> None:
@@ -45,6 +64,7 @@ class FastRCNNConvFCHead(nn.Sequential):
         super().__init__()
         if len(conv_dims) + len(fc_dims) == 0:
             raise ValueError("FastRCNNConvFCHead needs at least one conv or fc layer")
+        input_shape = as_shape_spec(input_shape)
         if input_shape.channels is None:
             raise ValueError(f"FastRCNNConvFCHead input_shape={input_shape}: channels must be set")
         self._output_size = (input_shape.channels, input_shape.height, input_shape.width)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torchvision.ops import (batched_nms, clip_boxes_to_image, complete_box_iou_loss, distance_box_iou_loss,
                              generalized_box_iou_loss)
 
+from .box_head import as_shape_spec
 from .box_regression import Box2BoxTransform
 from .data.federated import federated_sigmoid_ce_loss
 from .layers import ShapeSpec
@@ -106,8 +107,7 @@ class FastRCNNOutputLayers(nn.Module):
                  get_fed_loss_cls_weights: Callable[[], torch.Tensor] | None = None,
                  loss_weight: float | dict[str, float] = 1.0):
         super().__init__()
-        if isinstance(input_shape, int):
-            input_shape = ShapeSpec(channels=input_shape)
+        input_shape = as_shape_spec(input_shape)
         input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         if num_classes < 1:
             raise ValueError(f"FastRCNNOutputLayers num_classes={num_classes}: expected >= 1")

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .box_head import c2_msra_fill
+from .box_head import as_shape_spec, c2_msra_fill
 from .layers import Conv2d, ShapeSpec, get_norm
 from .structures import Instances
 
@@ -105,7 +105,7 @@ class MaskRCNNConvUpsampleHead(nn.Sequential):
             raise ValueError("MaskRCNNConvUpsampleHead conv_dims must have at least 1 entry (the deconv's)")
         self.loss_weight = float(loss_weight)
         self.conv_norm_relus = []
-        cur_channels = input_shape.channels
+        cur_channels = as_shape_spec(input_shape).channels
         for k, conv_dim in enumerate(conv_dims[:-1]):
             conv = Conv2d(cur_channels, conv_dim, kernel_size=3, stride=1, padding=1, bias=not conv_norm,
                           norm=get_norm(conv_norm, conv_dim), activation=nn.ReLU())
