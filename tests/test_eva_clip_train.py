@@ -56,9 +56,9 @@ def trained(toy_world, tmp_path_factory):
     return result, [r["loss_clip"] for r in records if "loss_clip" in r], out
 
 
-def test_toy_clip_config_trains_and_contrastive_loss_falls_by_half(trained):
+def test_toy_clip_config_trains_and_contrastive_loss_falls_below_two_thirds_of_chance(trained):
     _, losses, _ = trained
-    # a batch of 32 starts at chance: ln(32) = 3.47 nats; measured: 1.71 after 300 iterations
+    # a batch of 32 starts at chance: ln(32) = 3.47 nats; measured: 1.71 after 300 iterations (x2.0)
     assert len(losses) == MAX_ITER // 25
     assert abs(losses[0] - math.log(BATCH)) < 0.15
     final = sum(losses[-2:]) / 2
