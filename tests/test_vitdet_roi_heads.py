@@ -13,7 +13,8 @@ from vitdet_eva.box_regression import Box2BoxTransform
 from vitdet_eva.cascade_rcnn import CascadeROIHeads
 from vitdet_eva.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from vitdet_eva.layers import ShapeSpec
-from vitdet_eva.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss
+from vitdet_eva.mask_head import (MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss,
+                                  paste_masks_in_image)
 from vitdet_eva.matcher import Matcher
 from vitdet_eva.poolers import ROIPooler, assign_boxes_to_levels
 from vitdet_eva.structures import Instances
@@ -380,3 +381,17 @@ def test_roi_heads_build_from_detectron2s_vitdet_cascade_lazyconfig_tree_with_a_
         (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
     assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
     assert heads.mask_head.predictor.out_channels == 3
+
+
+def test_paste_masks_puts_box_relative_masks_on_their_box_pixels():
+    full = torch.ones(28, 28)
+    left = torch.zeros(28, 28)
+    left[:, :14] = 1
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 20.0], [10.0, 10.0, 30.0, 20.0], [5.0, 5.0, 5.0, 9.0]])
+    out = paste_masks_in_image(torch.stack([full, left, full])[:, None], boxes, (40, 36))
+    expected = torch.zeros(3, 40, 36, dtype=torch.bool)
+    expected[0, 10:20, 10:30] = True
+    expected[1, 10:20, 10:20] = True  # the left half of the mask covers the left half of the box
+    assert out.dtype == torch.bool and torch.equal(out, expected)
+    soft = paste_masks_in_image(full[None], boxes[:1], (40, 36), threshold=-1)
+    assert soft.dtype == torch.uint8 and int(soft[0, 15, 15]) == 255 and int(soft[0, 0, 0]) == 0

@@ -10,7 +10,7 @@ from .box_regression import Box2BoxTransform
 from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
-from .mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss
+from .mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss, paste_masks_in_image
 from .matcher import Matcher
 from .poolers import ROIPooler
 from .rpn import RPN, StandardRPNHead, find_top_rpn_proposals
@@ -21,4 +21,5 @@ __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2
            "get_norm", "ImageList", "Instances", "Box2BoxTransform", "DefaultAnchorGenerator", "Matcher",
            "subsample_labels", "StandardRPNHead", "RPN", "find_top_rpn_proposals"]
 __all__ += ["ROIPooler", "FastRCNNConvFCHead", "FastRCNNOutputLayers", "fast_rcnn_inference",
-            "MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "CascadeROIHeads"]
+            "MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "paste_masks_in_image",
+            "CascadeROIHeads"]
