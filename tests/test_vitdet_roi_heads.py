@@ -81,7 +81,11 @@ def _cascade(num_classes: int, conv_dims=(256,) * 4, fc_dim=1024, mask_dims=(256
 
 
 def _detectron2_vitdet_roi_heads_keys(num_classes: int) -> dict[str, tuple[int, ...]]:
-    """detectron2's ViTDet cascade (4conv1fc LN box heads, 4conv + deconv LN mask head) key list."""
+    """detectron2's ViTDet cascade (4conv1fc LN box heads, 4conv + deconv LN mask head) key list.
+
+    70 entries; with EVA-g's 603 encoder, 32 pyramid and 8 RPN entries that is the 713 of the released
+    detector (docs/recipes/detection.md#facts-read-off-the-release-model).
+    """
     keys = {}
     for s in range(3):
         for c in range(1, 5):
@@ -108,6 +112,7 @@ def _detectron2_vitdet_roi_heads_keys(num_classes: int) -> dict[str, tuple[int, 
 def test_cascade_state_dict_keys_equal_detectron2_vitdet_names_and_shapes():
     heads = _cascade(num_classes=80)
     got = {f"roi_heads.{k}": tuple(v.shape) for k, v in heads.state_dict().items()}
+    assert len(got) == 70
     assert got == _detectron2_vitdet_roi_heads_keys(80)
 
 
