@@ -338,3 +338,11 @@ def test_fed_loss_classes_are_gt_plus_weighted_draws_without_replacement():
     few = get_fed_loss_classes(torch.tensor([4, 9, 10]), 50, 10, torch.ones(10),
                                generator=torch.Generator().manual_seed(0))
     assert sorted(few.tolist()) == list(range(11))
+
+
+def test_fed_loss_classes_when_the_ground_truth_already_holds_every_class():
+    from vitdet_eva.data.federated import get_fed_loss_classes
+
+    gt = torch.tensor([0, 1, 2, 3, 3])  # K = 3 classes + background (3): nothing is left to draw
+    classes = get_fed_loss_classes(gt, num_fed_loss_classes=50, num_classes=3, weight=torch.ones(3))
+    assert classes.tolist() == [0, 1, 2, 3]

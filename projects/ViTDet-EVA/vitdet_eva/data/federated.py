@@ -68,6 +68,8 @@ def get_fed_loss_classes(gt_classes: torch.Tensor, num_fed_loss_classes: int, nu
         prob[unique_gt] = 0
         # cannot draw more classes than have a positive weight
         draws = min(num_fed_loss_classes - len(unique_gt), int((prob > 0).sum()))
+        if draws == 0:  # the ground truth already holds every drawable class
+            return unique_gt
         sampled = torch.multinomial(prob, draws, replacement=False, generator=generator)
         return torch.cat([unique_gt, sampled])
     return unique_gt
