@@ -6,6 +6,8 @@ layouts with ``eva_core`` (``docs/recipes/video.md#video-encoder``).
 from .models.eva_video import EvaVideo, PatchEmbed3D, create_video_model, list_video_models
 from .models.video_layouts import fit_video_state_dict, load_video_checkpoint
 from .evaluation import MultiViewVideoClassifier, average_view_scores, evaluate_multi_view
+from .classification import ClipMixup, VideoClassifier
 
 __all__ = ["EvaVideo", "PatchEmbed3D", "create_video_model", "list_video_models", "fit_video_state_dict",
-           "load_video_checkpoint", "MultiViewVideoClassifier", "average_view_scores", "evaluate_multi_view"]
+           "load_video_checkpoint", "MultiViewVideoClassifier", "average_view_scores", "evaluate_multi_view",
+           "ClipMixup", "VideoClassifier"]

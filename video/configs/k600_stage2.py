@@ -1,0 +1,11 @@
+"""Stage 2 on Kinetics-600: 2 epoch(s) at 16 frames, lr 1e-6 constant, layer decay 0.95 (``stage2_base.py``).
+
+Paper Table 16; 412_688 training clips. Expects ``datasets/kinetics/k600_{train,val}.txt`` and
+``k722_to_k600.json`` (``tools/make_kinetics722.py``), and the stage-1 result (``k722_stage1.py``)::
+
+    python tools/lazyconfig_train_net.py --config-file video/configs/k600_stage2.py
+"""
+from .stage2_base import stage2
+
+model, dataloader, optimizer, lr_multiplier, train = stage2("k600", num_classes=600, num_clips=412_688,
+                                                            epochs=2)
