@@ -93,15 +93,9 @@ def _train(data, image_checkpoint, num_frames, out_dir):
     cfg.dataloader.test.dataset = L(lambda: val_set)()
     net = cfg.model.net
     net.num_frames, net.checkpoint_path = num_frames, image_checkpoint
-    # 8 frames: tubelet 2, so one token sees a displacement (a tiny model from scratch does not learn
-    # motion from tubelet-1 tokens within this budget: 28% after 500 steps)
-    net.tubelet_size = 2 if num_frames > 1 else 1
+    # the recipe's tubelet 2 (a displacement inside one token) needs two frames; one frame: tubelet 1
+    net.tubelet_size = net.tubelet_size if num_frames > 1 else 1
     cfg.train.output_dir = str(out_dir)
-    cfg.dataloader.train.total_batch_size = 32
-    cfg.optimizer.lr = 2e-3
-    for key in ("max_iter", "eval_period"):
-        cfg.train[key] = 600
-    cfg.train.checkpointer.period = 600
     result = train_from_config(cfg, tensorboard=False)
     report = result.model.net.load_report
     return result.results["top1"] / 100.0, report
