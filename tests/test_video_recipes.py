@@ -164,3 +164,22 @@ def test_video_classifier_trains_on_clips_and_tests_on_averaged_views():
         assert model({"video": views[:, 0]}).shape == (2, 3)
     with pytest.raises(KeyError, match="'video'"):
         model({"image": views[:, 0]})
+
+
+def test_image_checkpoint_inflates_via_net_checkpoint_path_and_is_refused_as_init_checkpoint(tmp_path):
+    import eva_core
+    from eva_core.checkpoint.loader import CheckpointMismatchError
+
+    torch.manual_seed(0)
+    image = eva_core.create_model("eva_tiny_patch16_224", num_classes=3, **TINY)
+    ckpt = str(save_atomic({"model": image.state_dict()}, tmp_path / "image.pth"))
+    # the recipes' hook (model.net.checkpoint_path): kernel copied along time / tubelet, table per frame
+    net = _tiny(3, num_frames=4, tubelet_size=2, checkpoint_path=ckpt)
+    kernel = net.patch_embed.proj.weight
+    assert torch.allclose(kernel[:, :, 0] * 2, image.patch_embed.proj.weight)
+    assert torch.equal(kernel[:, :, 0], kernel[:, :, 1])
+    n = (16 // 8) ** 2
+    assert torch.allclose(net.pos_embed[0, 1 + n:1 + 2 * n], image.pos_embed[0, -n:])
+    # train.init_checkpoint (eva_core.load_checkpoint, layout from the keys) refuses it, naming the tensors
+    with pytest.raises(CheckpointMismatchError, match="patch_embed.proj.weight"):
+        eva_core.load_checkpoint(VideoClassifier(_tiny(3)), ckpt, min_loaded="encoder")
