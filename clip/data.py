@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from eva_core.data.datasets import ImageSampleDataset, ListFileError, WebDatasetImages
+from eva_core.data.datasets import ListFileError, PathLabelDataset, WebDatasetImages
 
 __all__ = ["CorruptCaptionError", "CaptionWebDataset", "CaptionCsvDataset", "tokenize_one"]
 
@@ -112,7 +112,7 @@ class CaptionWebDataset(_CaptionMixin, WebDatasetImages):
         return text
 
 
-class CaptionCsvDataset(_CaptionMixin, ImageSampleDataset):
+class CaptionCsvDataset(_CaptionMixin, PathLabelDataset):
     """Image-caption pairs listed in a csv file (open_clip's ``CsvDataset`` layout).
 
     Args:
@@ -148,15 +148,7 @@ class CaptionCsvDataset(_CaptionMixin, ImageSampleDataset):
         if not self.samples:
             raise ListFileError(f"{self.csv_file}: no rows")
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_path(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def open_image(self, index: int) -> Image.Image:
-        return Image.open(self.samples[index][0])
-
+    # samples are (path, caption): PathLabelDataset's length, path and image reading apply as they are
     def read_caption(self, index: int) -> str:
         text = self.samples[index][1].strip()
         if not text:
