@@ -10,11 +10,13 @@ from .box_regression import Box2BoxTransform
 from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
 from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
-from .mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss, paste_masks_in_image
+from .mask_head import (MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss, maskness,
+                        maskness_rescore, paste_masks_in_image)
 from .matcher import Matcher
 from .poolers import ROIPooler
 from .rpn import RPN, StandardRPNHead, find_top_rpn_proposals
 from .sampling import subsample_labels
+from .soft_nms import batched_soft_nms, soft_nms
 from .structures import ImageList, Instances
 
 __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2d", "LayerNorm", "ShapeSpec",
@@ -23,3 +25,4 @@ __all__ = ["Backbone", "ViT", "SimpleFeaturePyramid", "LastLevelMaxPool", "Conv2
 __all__ += ["ROIPooler", "FastRCNNConvFCHead", "FastRCNNOutputLayers", "fast_rcnn_inference",
             "MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "paste_masks_in_image",
             "CascadeROIHeads"]
+__all__ += ["soft_nms", "batched_soft_nms", "maskness", "maskness_rescore"]

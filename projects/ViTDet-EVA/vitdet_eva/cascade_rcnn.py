@@ -8,7 +8,10 @@ because all stages backpropagate into the same backbone features. Losses are
 ``loss_cls_stage{k}``, ``loss_box_reg_stage{k}`` and ``loss_mask`` (on stage 0's foreground RoIs).
 Inference: the class scores of the three stages (each on its own RoIs, which are the same RoIs
 refined) are averaged, boxes come from the last stage, then per-class NMS, and masks are predicted
-for the kept boxes. Module names give detectron2's state-dict keys ``roi_heads.box_head.{0,1,2}.*``,
+for the kept boxes. EVA's evaluation options keep the names of EVA's detectron2 fork, so its
+overrides work unchanged: ``model.roi_heads.use_soft_nms=True``, ``method="linear"``,
+``iou_threshold=0.6``, ``override_score_thresh=0.0``, ``maskness_thresh=0.5``. Module names give
+detectron2's state-dict keys ``roi_heads.box_head.{0,1,2}.*``,
 ``roi_heads.box_predictor.{0,1,2}.*``, ``roi_heads.mask_head.*``
 (``docs/recipes/detection.md#detectron2-state-dict-names``).
 """
@@ -22,6 +25,7 @@ import torch.nn as nn
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from .mask_head import maskness_rescore
 from .matcher import Matcher
 from .poolers import ROIPooler
 from .sampling import subsample_labels
@@ -86,6 +90,12 @@ class CascadeROIHeads(nn.Module):
         positive_fraction: at most this fraction of them foreground (0.25).
         proposal_append_gt: add the gt boxes to the proposals in training.
         mask_in_features, mask_pooler, mask_head: the mask branch (``None``: boxes only).
+        use_soft_nms: soft-NMS instead of the predictors' NMS at inference (EVA's evaluation: True).
+        method, iou_threshold, sigma, class_wise, soft_nms_min_score: the soft-NMS settings
+            (:func:`vitdet_eva.fast_rcnn.fast_rcnn_inference`; EVA: ``"linear"``, 0.6).
+        override_score_thresh: replaces the predictors' ``test_score_thresh`` when given (EVA: 0.0).
+        maskness_thresh: rescore each detection by its mask's maskness
+            (:func:`vitdet_eva.mask_head.maskness_rescore`; EVA: 0.5); ``None``: off.
     """
 
     def __init__(self, *, num_classes: int, box_in_features: Sequence[str], box_pooler: ROIPooler,
@@ -93,7 +103,10 @@ class CascadeROIHeads(nn.Module):
                  proposal_matchers: Sequence[Matcher], batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, proposal_append_gt: bool = True,
                  mask_in_features: Sequence[str] | None = None, mask_pooler: ROIPooler | None = None,
-                 mask_head: nn.Module | None = None):
+                 mask_head: nn.Module | None = None, use_soft_nms: bool = False, method: str = "linear",
+                 iou_threshold: float = 0.3, sigma: float = 0.5, class_wise: bool = True,
+                 soft_nms_min_score: float = 1e-3, override_score_thresh: float | None = None,
+                 maskness_thresh: float | None = None):
         super().__init__()
         if not len(box_heads) == len(box_predictors) == len(proposal_matchers):
             raise ValueError(f"CascadeROIHeads needs one box head, predictor and matcher per stage; got "
@@ -119,6 +132,14 @@ class CascadeROIHeads(nn.Module):
         self.mask_in_features = list(mask_in_features or [])
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
+        if maskness_thresh is not None and mask_head is None:
+            raise ValueError(f"maskness_thresh={maskness_thresh} needs the mask branch (mask_head is None)")
+        self.use_soft_nms = bool(use_soft_nms)
+        self.soft_nms_options = dict(method=method, iou_threshold=float(iou_threshold), sigma=float(sigma),
+                                     class_wise=bool(class_wise),
+                                     soft_nms_min_score=float(soft_nms_min_score))
+        self.override_score_thresh = override_score_thresh
+        self.maskness_thresh = maskness_thresh
 
     # ---- training targets -------------------------------------------------------------------
     def _sample_proposals(self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor,
@@ -231,7 +252,9 @@ class CascadeROIHeads(nn.Module):
         boxes = predictor.predict_boxes(predictions, props)
         pred_instances, _ = fast_rcnn_inference(boxes, scores, [p.image_size for p in props],
                                                 predictor.test_score_thresh, predictor.test_nms_thresh,
-                                                predictor.test_topk_per_image)
+                                                predictor.test_topk_per_image, use_soft_nms=self.use_soft_nms,
+                                                override_score_thresh=self.override_score_thresh,
+                                                **self.soft_nms_options)
         return pred_instances
 
     def _forward_mask(self, features: Mapping[str, torch.Tensor], instances: list[Instances]):
@@ -269,7 +292,10 @@ class CascadeROIHeads(nn.Module):
             losses.update(self._forward_mask(features, proposals))
             return proposals, losses
         pred_instances = self._forward_box(features, list(proposals))
-        return self.forward_with_given_boxes(features, pred_instances), {}
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        if self.maskness_thresh is not None:
+            pred_instances = [maskness_rescore(i, self.maskness_thresh) for i in pred_instances]
+        return pred_instances, {}
 
     def forward_with_given_boxes(self, features: Mapping[str, torch.Tensor], instances: list[Instances]
                                  ) -> list[Instances]:

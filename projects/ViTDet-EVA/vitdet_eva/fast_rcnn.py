@@ -5,7 +5,11 @@ sigmoid CE / the federated loss for LVIS, ``vitdet_eva.data.federated``); ``loss
 smooth-L1 (L1 at beta 0) of the foreground RoIs' deltas, summed and divided by the number of
 *all* sampled RoIs, so background RoIs dilute it. Inference keeps, per class, boxes scoring above
 ``test_score_thresh``, runs per-class NMS (``torchvision.ops.batched_nms``) and keeps the top
-``test_topk_per_image`` (``docs/recipes/detection.md#heads``).
+``test_topk_per_image`` (``docs/recipes/detection.md#heads``). EVA's evaluation options are keyword
+arguments of :func:`fast_rcnn_inference` with the names of EVA's detectron2 fork (set on
+``model.roi_heads``): ``use_soft_nms`` with ``method`` / ``iou_threshold`` / ``sigma`` /
+``class_wise`` (``vitdet_eva.soft_nms``) and ``override_score_thresh``
+(``docs/recipes/detection.md#evaluation``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from .box_head import as_shape_spec
 from .box_regression import Box2BoxTransform
 from .data.federated import federated_sigmoid_ce_loss
 from .layers import ShapeSpec
+from .soft_nms import batched_soft_nms
 from .structures import Instances
 
 # detectron2's box_reg_loss_type values other than "smooth_l1": losses on the decoded boxes
@@ -32,28 +37,42 @@ __all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_s
 
 def fast_rcnn_inference(boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
                         image_shapes: Sequence[tuple[int, int]], score_thresh: float, nms_thresh: float,
-                        topk_per_image: int) -> tuple[list[Instances], list[torch.Tensor]]:
-    """Per image: threshold, per-class NMS, top-k (detectron2's ``fast_rcnn_inference``).
+                        topk_per_image: int, *, use_soft_nms: bool = False, method: str = "linear",
+                        iou_threshold: float = 0.3, sigma: float = 0.5, class_wise: bool = True,
+                        soft_nms_min_score: float = 1e-3, override_score_thresh: float | None = None
+                        ) -> tuple[list[Instances], list[torch.Tensor]]:
+    """Per image: threshold, per-class NMS (or soft-NMS), top-k (detectron2's ``fast_rcnn_inference``).
 
     Args:
         boxes: per image ``[R, 4]`` (class-agnostic) or ``[R, 4K]``.
         scores: per image ``[R, K + 1]`` (last column background).
         image_shapes: per image ``(h, w)`` to clip boxes to.
         score_thresh, nms_thresh, topk_per_image: as the names say (``topk < 0``: keep all).
+        use_soft_nms: soft-NMS (:func:`vitdet_eva.soft_nms.batched_soft_nms`) instead of NMS at
+            ``nms_thresh``; the kept detections carry their decayed scores. EVA: True, linear, 0.6.
+        method, iou_threshold, sigma: the soft-NMS decay (EVA's fork: ``"linear"``, 0.3, 0.5 by default).
+        class_wise: soft-NMS within each class (True) or across all classes (False, EVA-02's fork
+            default; its README turns it on).
+        soft_nms_min_score: decayed scores below it are dropped (mmcv's ``min_score``, 1e-3).
+        override_score_thresh: replaces ``score_thresh`` when given (EVA evaluates with 0.0).
 
     Returns:
         ``(instances, kept_indices)``: ``Instances`` with ``pred_boxes [D, 4]``, ``scores [D]``,
         ``pred_classes [D]``, and for each the index of the RoI each detection came from.
     """
-    results = [fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image)
+    if override_score_thresh is not None:
+        score_thresh = override_score_thresh
+    soft = (dict(method=method, iou_threshold=iou_threshold, sigma=sigma, class_wise=class_wise,
+                 min_score=soft_nms_min_score) if use_soft_nms else None)
+    results = [fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, topk_per_image, soft)
                for b, s, shape in zip(boxes, scores, image_shapes)]
     return [r[0] for r in results], [r[1] for r in results]
 
 
 def fast_rcnn_inference_single_image(boxes: torch.Tensor, scores: torch.Tensor, image_shape: tuple[int, int],
-                                     score_thresh: float, nms_thresh: float, topk_per_image: int
-                                     ) -> tuple[Instances, torch.Tensor]:
-    """One image of :func:`fast_rcnn_inference`."""
+                                     score_thresh: float, nms_thresh: float, topk_per_image: int,
+                                     soft_nms: dict | None = None) -> tuple[Instances, torch.Tensor]:
+    """One image of :func:`fast_rcnn_inference` (``soft_nms``: the soft-NMS settings, None = NMS)."""
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     if not valid.all():
         boxes, scores = boxes[valid], scores[valid]
@@ -67,10 +86,17 @@ def fast_rcnn_inference_single_image(boxes: torch.Tensor, scores: torch.Tensor, 
     else:
         boxes = boxes[filter_mask]
     scores = scores[filter_mask]
-    keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    if soft_nms is None:
+        keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+        new_scores = scores[keep]
+    else:
+        classes = filter_inds[:, 1] if soft_nms["class_wise"] else torch.zeros_like(filter_inds[:, 1])
+        opts = soft_nms
+        keep, new_scores = batched_soft_nms(boxes, scores, classes, opts["method"], opts["iou_threshold"],
+                                            opts["sigma"], opts["min_score"])
     if topk_per_image >= 0:
-        keep = keep[:topk_per_image]
-    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+        keep, new_scores = keep[:topk_per_image], new_scores[:topk_per_image]
+    boxes, scores, filter_inds = boxes[keep], new_scores, filter_inds[keep]
     result = Instances(image_shape, pred_boxes=boxes, scores=scores, pred_classes=filter_inds[:, 1])
     roi_index = filter_inds[:, 0]
     if not valid.all():

@@ -4,7 +4,9 @@ ViTDet's mask head: 4 convs (256, LN) on 14x14 pooled features, a 2x deconvoluti
 1x1 ``predictor`` with one mask per class. The loss is the per-pixel BCE of the mask of each
 foreground RoI's ground-truth class; its target is the RoI's gt mask cut out with
 ``roi_align(aligned=True)`` and thresholded at 0.5 (detectron2's ``BitMasks.crop_and_resize``).
-At inference each detection keeps the sigmoid of its predicted class's mask.
+At inference each detection keeps the sigmoid of its predicted class's mask; EVA's optional
+"maskness" rescoring (:func:`maskness_rescore`, ``maskness_thresh``) then multiplies each score by
+the mean probability of the mask's confident pixels.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .layers import Conv2d, ShapeSpec, get_norm
 from .structures import Instances
 
 __all__ = ["MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "crop_and_resize_masks",
-           "paste_masks_in_image"]
+           "paste_masks_in_image", "maskness", "maskness_rescore"]
 
 
 def crop_and_resize_masks(masks: torch.Tensor, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
@@ -71,6 +73,40 @@ def mask_rcnn_loss(pred_mask_logits: torch.Tensor, instances: Sequence[Instances
         pred_mask_logits = pred_mask_logits[idx, torch.cat(gt_classes)]
     return F.binary_cross_entropy_with_logits(pred_mask_logits, gt_masks.to(pred_mask_logits.dtype),
                                               reduction="mean")
+
+
+def maskness(mask_probs: torch.Tensor, maskness_thresh: float = 0.5) -> torch.Tensor:
+    """EVA's mask quality ``[D]``: the mean of the probabilities above ``maskness_thresh`` in each mask.
+
+    Args:
+        mask_probs: ``[D, 1, M, M]`` (or ``[D, M, M]``) mask probabilities (after the sigmoid).
+        maskness_thresh: pixels with a probability strictly above it count as inside the mask.
+
+    Returns:
+        ``[D]``: ``sum(p * (p > t)) / count(p > t)``; 0 for a mask with no pixel above ``t``.
+    """
+    probs = mask_probs.flatten(1).float()
+    inside = probs > maskness_thresh
+    count = inside.sum(dim=1)
+    total = (probs * inside).sum(dim=1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def maskness_rescore(instances: Instances, maskness_thresh: float = 0.5) -> Instances:
+    """Multiply ``scores`` by :func:`maskness` of ``pred_masks`` and re-sort, highest score first.
+
+    EVA-01 evaluates masks this way (``model.roi_heads.maskness_thresh=0.5``): a confident class
+    score on a blurry mask drops below a sharper mask's. Applied after top-k, so it reorders the
+    detections but does not change which are kept. Returns a new ``Instances``.
+    """
+    if not instances.has("pred_masks") or not instances.has("scores"):
+        raise ValueError(f"maskness_rescore needs scores and pred_masks; the instances have "
+                         f"{sorted(instances.get_fields())}")
+    scores = instances.scores * maskness(instances.pred_masks, maskness_thresh).to(instances.scores)
+    order = torch.argsort(scores, descending=True, stable=True)
+    out = instances[order]
+    out.scores = scores[order]
+    return out
 
 
 def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: Sequence[Instances]) -> None:
