@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from vitdet_eva.box_head import FastRCNNConvFCHead
 from vitdet_eva.box_regression import Box2BoxTransform
@@ -13,36 +13,8 @@ from vitdet_eva.layers import ShapeSpec
 from vitdet_eva.mask_head import MaskRCNNConvUpsampleHead, maskness, maskness_rescore
 from vitdet_eva.matcher import Matcher
 from vitdet_eva.poolers import ROIPooler
-from vitdet_eva.soft_nms import batched_soft_nms, soft_nms
+from vitdet_eva.soft_nms import batched_soft_nms, soft_nms, soft_nms_per_box
 from vitdet_eva.structures import Instances
-
-
-def _reference_soft_nms(boxes, scores, idxs, method, iou_threshold, sigma, min_score):
-    """The textbook algorithm, one class and one kept box at a time (Bodla et al. 2017, mmcv's loop)."""
-    kept = []
-    for c in sorted(set(idxs.tolist())):
-        members = [i for i in range(len(boxes)) if int(idxs[i]) == c and float(scores[i]) >= min_score]
-        cur = {i: scores[i].clone() for i in members}
-        while members:
-            best = max(members, key=lambda i: (float(cur[i]), -i))  # highest score, then lowest index
-            kept.append((best, cur[best]))
-            members.remove(best)
-            survivors = []
-            for i in members:
-                iou = box_iou(boxes[best][None], boxes[i][None])[0, 0]
-                if method == "linear":
-                    w = 1.0 - iou if iou > iou_threshold else torch.ones_like(iou)
-                elif method == "gaussian":
-                    w = torch.exp(-(iou * iou) / sigma)
-                else:
-                    w = torch.zeros_like(iou) if iou > iou_threshold else torch.ones_like(iou)
-                cur[i] = cur[i] * w
-                if float(cur[i]) >= min_score:
-                    survivors.append(i)
-            members = survivors
-    kept.sort(key=lambda t: (-float(t[1]), t[0]))
-    return (torch.tensor([k for k, _ in kept], dtype=torch.int64),
-            torch.stack([s for _, s in kept]) if kept else torch.zeros(0))
 
 
 def _random_detections(seed: int, n: int, num_classes: int, tie_every: int = 0):
@@ -68,7 +40,7 @@ def test_batched_soft_nms_equals_the_per_box_reference_loop(method, seed, tie_ev
                            torch.cat([idxs, idxs[:5]]))
     keep, new_scores = batched_soft_nms(boxes, scores, idxs, method, iou_threshold=0.6, sigma=0.5,
                                         min_score=1e-3)
-    ref_keep, ref_scores = _reference_soft_nms(boxes, scores, idxs, method, 0.6, 0.5, 1e-3)
+    ref_keep, ref_scores = soft_nms_per_box(boxes, scores, idxs, method, 0.6, 0.5, 1e-3)
     assert keep.tolist() == ref_keep.tolist()
     torch.testing.assert_close(new_scores, ref_scores, rtol=0, atol=1e-6)
     if method == "linear":
@@ -89,8 +61,12 @@ def test_linear_soft_nms_decays_by_one_minus_iou_only_above_the_threshold():
     scores = torch.tensor([0.9, 0.8, 0.7])
     keep, new_scores = soft_nms(boxes, scores, "linear", iou_threshold=0.6)
     # box 2 is kept second (0.7 > 0.16); its IoU with box 1 is 50/80 = 0.625 > 0.6: 0.16 * 0.375
+    expected = torch.tensor([0.9, 0.7, 0.8 * 0.2 * (1 - 0.625)])
     assert keep.tolist() == [0, 2, 1]
-    torch.testing.assert_close(new_scores, torch.tensor([0.9, 0.7, 0.8 * 0.2 * (1 - 0.625)]))
+    torch.testing.assert_close(new_scores, expected)
+    ref_keep, ref_scores = soft_nms_per_box(boxes, scores, torch.zeros(3, dtype=torch.int64), "linear", 0.6)
+    assert ref_keep.tolist() == [0, 2, 1]
+    torch.testing.assert_close(ref_scores, expected)
 
 
 def test_hard_soft_nms_keeps_what_torchvision_batched_nms_keeps():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SOFT_NMS_METHODS", "soft_nms", "batched_soft_nms", "soft_nms_decay"]
+__all__ = ["SOFT_NMS_METHODS", "soft_nms", "batched_soft_nms", "soft_nms_decay", "soft_nms_per_box"]
 
 SOFT_NMS_METHODS = ("linear", "gaussian", "hard")
 
@@ -128,3 +128,43 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, method: str = "linear", 
     n = boxes.shape[0] if boxes.dim() == 2 else 0
     idxs = torch.zeros((n,), dtype=torch.int64, device=boxes.device)
     return batched_soft_nms(boxes, scores, idxs, method, iou_threshold, sigma, min_score)
+
+
+def soft_nms_per_box(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, method: str = "linear",
+                     iou_threshold: float = 0.3, sigma: float = 0.5, min_score: float = 1e-3
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook loop, one class and one kept box at a time: the reference :func:`batched_soft_nms` is
+    tested against (``tests/test_vitdet_soft_nms.py``) and timed against (``benchmarks/vitdet.py``).
+
+    Same arguments and result as :func:`batched_soft_nms`; each IoU is torchvision's ``box_iou`` of one
+    pair and each decay a Python branch, so it is slow (seconds for thousands of boxes).
+    """
+    from torchvision.ops import box_iou
+
+    _check(boxes, scores, idxs, method, sigma)
+    kept: list[tuple[int, torch.Tensor]] = []
+    for c in sorted(set(idxs.tolist())):
+        members = [i for i in range(len(boxes)) if int(idxs[i]) == c and float(scores[i]) >= min_score]
+        cur = {i: scores[i].clone() for i in members}
+        while members:
+            best = max(members, key=lambda i: (float(cur[i]), -i))  # highest score, then lowest index
+            kept.append((best, cur[best]))
+            members.remove(best)
+            survivors = []
+            for i in members:
+                iou = box_iou(boxes[best][None], boxes[i][None])[0, 0]
+                if method == "linear":
+                    weight = 1.0 - iou if iou > iou_threshold else torch.ones_like(iou)
+                elif method == "gaussian":
+                    weight = torch.exp(-(iou * iou) / sigma)
+                else:
+                    weight = torch.zeros_like(iou) if iou > iou_threshold else torch.ones_like(iou)
+                cur[i] = cur[i] * weight
+                if float(cur[i]) >= min_score:
+                    survivors.append(i)
+            members = survivors
+    kept.sort(key=lambda t: (-float(t[1]), t[0]))
+    if not kept:
+        return torch.zeros((0,), dtype=torch.int64, device=boxes.device), scores.new_zeros((0,))
+    return (torch.tensor([k for k, _ in kept], dtype=torch.int64, device=boxes.device),
+            torch.stack([s for _, s in kept]))
