@@ -10,7 +10,13 @@ from .criterion import SetCriterion, mask2former_weight_dict
 from .matcher import HungarianMatcher
 from .ms_deform_attn import MSDeformAttn, multi_scale_deformable_attention
 from .vit_adapter import EVAAdapter
+from .mask2former_head import Mask2FormerHead, semantic_inference
+from .pixel_decoder import MSDeformAttnPixelDecoder
+from .segmentor import EncoderDecoderMask2Former, build_criterion, semantic_targets
+from .transformer_decoder import MaskedAttentionDecoder
 
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention", "HungarianMatcher", "SetCriterion",
            "mask2former_weight_dict", "EVAAdapter", "SpatialPriorModule", "InteractionBlock", "Injector",
-           "Extractor", "ConvFFN", "AdapterDeformAttn", "deform_inputs"]
+           "Extractor", "ConvFFN", "AdapterDeformAttn", "deform_inputs",
+           "MSDeformAttnPixelDecoder", "MaskedAttentionDecoder", "Mask2FormerHead", "semantic_inference",
+           "EncoderDecoderMask2Former", "build_criterion", "semantic_targets"]

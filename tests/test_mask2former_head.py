@@ -1,0 +1,234 @@
+"""Mask2Former head on ViT-Adapter-EVA (projects/Mask2Former-EVA): pixel decoder, masked-attention
+decoder, segmentor training and inference (whole, sliding window, multi-scale + flip), parity with
+transformers' Mask2Former and the released mmseg checkpoint layout."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from eva_core.models.eva import Eva
+from mask2former_eva.mask2former_head import Mask2FormerHead, semantic_inference
+from mask2former_eva.segmentor import (EncoderDecoderMask2Former, build_criterion, semantic_targets,
+                                       slide_windows)
+from mask2former_eva.transformer_decoder import attention_mask_from_masks
+from mask2former_eva.vit_adapter import EVAAdapter
+
+DIM, NUM_CLASSES, QUERIES, LAYERS, HEADS = 32, 5, 10, 3, 4
+
+
+def _segmentor(seed=0, **kw):
+    torch.manual_seed(seed)
+    encoder = Eva(patch_size=16, num_classes=0, global_pool="", embed_dim=DIM, depth=4, num_heads=2,
+                  mlp_ratio=2.0, use_post_transformer_norm=False, img_size=64)
+    backbone = EVAAdapter(encoder, conv_inplane=8, deform_num_heads=HEADS, deform_ratio=0.5)
+    head = Mask2FormerHead([DIM] * 4, NUM_CLASSES, feat_channels=DIM, out_channels=DIM, num_queries=QUERIES,
+                           pixel_decoder_layers=2, pixel_decoder_heads=HEADS, pixel_decoder_ffn=2 * DIM,
+                           decoder_layers=LAYERS, decoder_heads=HEADS, decoder_ffn=2 * DIM, num_groups=8)
+    criterion = build_criterion(NUM_CLASSES, LAYERS, num_points=256)
+    return EncoderDecoderMask2Former(backbone, head, criterion, **kw)
+
+
+def _label_maps():
+    """Two 64x64 maps: class rectangles on a background, a strip of ignored pixels in the first."""
+    y = torch.zeros(2, 64, 64, dtype=torch.long)
+    y[0, 8:40, 8:40] = 1
+    y[0, 30:60, 36:60] = 3
+    y[0, :, :4] = 255
+    y[1, 20:50, 0:30] = 2
+    y[1, 0:16, 40:64] = 4
+    return y
+
+
+def _images(labels):
+    # each class has its own colour, plus noise: learnable from the pixels
+    gen = torch.Generator().manual_seed(1)
+    colours = torch.randn(256, 3, generator=gen)
+    return colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(labels.shape[0], 3, 64, 64, generator=gen)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+def test_head_returns_final_and_one_auxiliary_prediction_per_decoder_layer():
+    model = _segmentor()
+    feats = model.backbone(torch.randn(2, 3, 64, 96))
+    out = model.decode_head(feats)
+    assert out["pred_logits"].shape == (2, QUERIES, NUM_CLASSES + 1)
+    assert out["pred_masks"].shape == (2, QUERIES, 16, 24)  # stride 4
+    assert len(out["aux_outputs"]) == LAYERS  # the prediction before the first layer + after layers 1..L-1
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == out["pred_logits"].shape
+        assert aux["pred_masks"].shape == out["pred_masks"].shape
+    # the first auxiliary prediction comes from the learned queries alone: the same for every image
+    first = out["aux_outputs"][0]["pred_logits"]
+    torch.testing.assert_close(first[0], first[1])
+
+
+def test_training_forward_returns_weighted_losses_for_every_prediction():
+    model = _segmentor()
+    labels = _label_maps()
+    losses = model.train()({"image": _images(labels), "sem_seg": labels})
+    names = {"loss_ce", "loss_mask", "loss_dice"}
+    expected = names | {f"{n}_{i}" for n in names for i in range(LAYERS)}
+    assert set(losses) == expected
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+
+
+def test_semantic_targets_make_one_mask_per_present_class_and_leave_ignored_pixels_out():
+    labels = _label_maps()[0]
+    t = semantic_targets(labels, NUM_CLASSES)
+    assert t["labels"].tolist() == [0, 1, 3]
+    assert t["masks"].shape == (3, 64, 64)
+    assert t["masks"][:, :, :4].sum() == 0  # ignored strip belongs to no class
+    assert torch.equal(t["masks"].sum(0) == 1, labels != 255)
+    bad = labels.clone()
+    bad[0, 10] = 7
+    with pytest.raises(ValueError, match="holds label 7, expected 0 .. 4 or ignore_label 255"):
+        semantic_targets(bad, NUM_CLASSES, name="ann/0001.png")
+
+
+def test_a_few_training_steps_on_a_hand_made_batch_lower_the_loss():
+    model = _segmentor().train()
+    labels = _label_maps()
+    batch = {"image": _images(labels), "sem_seg": labels}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    totals = []
+    for _ in range(12):
+        total = sum(model(batch).values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert sum(totals[-3:]) / 3 < 0.9 * totals[0], totals
+
+
+# ------------------------------------------------------------------------------------- masked attention
+def test_attention_mask_blocks_pixels_below_half_and_opens_fully_masked_rows():
+    logits = torch.full((1, 3, 4, 4), -5.0)
+    logits[0, 0, :2, :2] = 5.0  # query 0: on in the top-left quarter
+    logits[0, 1] = 5.0  # query 1: on everywhere; query 2: off everywhere
+    mask = attention_mask_from_masks(logits, (4, 4), num_heads=2)
+    assert mask.shape == (2, 3, 16) and mask.dtype == torch.bool
+    expected_q0 = torch.ones(4, 4, dtype=torch.bool)
+    expected_q0[:2, :2] = False
+    for head in range(2):
+        assert torch.equal(mask[head, 0], expected_q0.flatten())
+        assert not mask[head, 1].any()
+        assert not mask[head, 2].any()  # fully masked row: opened, not NaN
+
+
+def test_decoder_with_every_mask_empty_stays_finite():
+    model = _segmentor().eval()
+    head = model.decode_head
+    with torch.no_grad():
+        # a mask embedding of zero and a large negative bias: every query's mask is off everywhere
+        last = head.transformer_decoder.mask_embed[-1]
+        last.weight.zero_()
+        feats = model.backbone(torch.randn(1, 3, 64, 64))
+        head.pixel_decoder.mask_feature.weight.zero_()
+        head.pixel_decoder.mask_feature.bias.fill_(1.0)
+        last.bias.fill_(-10.0)
+        out = head(feats)
+    assert (out["aux_outputs"][0]["pred_masks"] < 0).all()
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_masks"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- inference
+class _PointwiseBackbone(nn.Module):
+    """Translation-free stand-in: 4 'maps' that are the image itself."""
+
+    def forward(self, x):
+        return [x] * 4
+
+
+class _PointwiseHead(nn.Module):
+    """Scores from a 1x1 conv of the image: each output pixel depends on its input pixel only."""
+
+    num_classes, num_layers = NUM_CLASSES, 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, NUM_CLASSES, 1)
+
+    def semantic_scores(self, feats, size=None):
+        return self.conv(feats[0])
+
+
+def _pointwise_segmentor(**kw):
+    torch.manual_seed(0)
+    return EncoderDecoderMask2Former(_PointwiseBackbone(), _PointwiseHead(), **kw).eval()
+
+
+def test_slide_windows_cover_the_image_with_the_last_window_moved_back_to_the_border():
+    assert slide_windows(64, 100, (64, 64), (32, 32)) == [(0, 64, 0, 64), (0, 64, 32, 96), (0, 64, 36, 100)]
+    assert slide_windows(40, 50, (64, 64), (32, 32)) == [(0, 40, 0, 50)]  # smaller than the crop: one window
+
+
+def test_slide_inference_of_a_translation_free_model_equals_whole_inference():
+    x = torch.randn(1, 3, 70, 100)
+    slide = _pointwise_segmentor(test_mode="slide", crop_size=32, stride=20, size_divisor=1)
+    whole = _pointwise_segmentor(test_mode="whole", size_divisor=1)
+    with torch.no_grad():
+        torch.testing.assert_close(slide({"image": x})["sem_seg"], whole({"image": x})["sem_seg"])
+
+
+def test_slide_inference_averages_overlapping_windows_by_count():
+    model = _segmentor(test_mode="slide", crop_size=64, stride=32).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = model({"image": x})["sem_seg"]
+        left, right = model.encode_decode(x[..., :64]), model.encode_decode(x[..., 32:])
+    assert out.shape == (1, NUM_CLASSES, 64, 96)
+    torch.testing.assert_close(out[..., :32], left[..., :32])
+    torch.testing.assert_close(out[..., 32:64], (left[..., 32:] + right[..., :32]) / 2)
+    torch.testing.assert_close(out[..., 64:], right[..., 32:])
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_flipped_back_mirror():
+    model = _segmentor(test_flip=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model({"image": x})["sem_seg"]
+        plain = model.encode_decode(x)
+        mirrored = model.encode_decode(x.flip(-1)).flip(-1)
+        flipped_out = model({"image": x.flip(-1)})["sem_seg"]
+    torch.testing.assert_close(out, (plain + mirrored) / 2)
+    # averaging over both orientations makes the prediction mirror-equivariant
+    torch.testing.assert_close(flipped_out, out.flip(-1))
+
+
+def test_multi_scale_tta_averages_scores_resized_back_to_the_input():
+    model = _segmentor(test_scales=(1.0, 0.5)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = model({"image": x})["sem_seg"]
+        half = nn.functional.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False)
+        small = nn.functional.interpolate(model.encode_decode(half), size=(64, 96), mode="bilinear",
+                                          align_corners=False)
+        expected = (model.encode_decode(x) + small) / 2
+    torch.testing.assert_close(out, expected)
+
+
+def test_eval_output_is_what_the_sem_seg_evaluator_reads():
+    from eva_core.evaluation.sem_seg import SemSegEvaluator
+
+    model = _segmentor().eval()
+    labels = _label_maps()
+    evaluator = SemSegEvaluator(NUM_CLASSES)
+    with torch.no_grad():
+        out = model({"image": _images(labels)})
+        # images of different sizes come as a list and give one prediction each
+        listed = model({"image": [torch.randn(3, 48, 64), torch.randn(3, 64, 40)]})
+    assert out["sem_seg"].shape == (2, NUM_CLASSES, 64, 64)
+    assert [o["sem_seg"].shape for o in listed] == [(NUM_CLASSES, 48, 64), (NUM_CLASSES, 64, 40)]
+    evaluator.process({"sem_seg": labels}, out)
+    assert 0.0 <= evaluator.evaluate()["sem_seg"]["mIoU"] <= 100.0
+
+
+def test_semantic_inference_is_class_probability_times_mask_probability_without_no_object():
+    logits = torch.randn(2, 4, NUM_CLASSES + 1)
+    masks = torch.randn(2, 4, 3, 5)
+    scores = semantic_inference(logits, masks)
+    expected = (logits.softmax(-1)[..., :-1, None, None] * masks.sigmoid()[:, :, None]).sum(1)
+    torch.testing.assert_close(scores, expected)
