@@ -232,3 +232,121 @@ def test_semantic_inference_is_class_probability_times_mask_probability_without_
     scores = semantic_inference(logits, masks)
     expected = (logits.softmax(-1)[..., :-1, None, None] * masks.sigmoid()[:, :, None]).sum(1)
     torch.testing.assert_close(scores, expected)
+
+
+# ---------------------------------------------------------------------------------------------- parity
+def _hf_config(decoder_layers):
+    from transformers import Mask2FormerConfig
+
+    # width 32: transformers fixes GroupNorm at 32 groups; 4 sampling points, 3 levels as ours
+    return Mask2FormerConfig(feature_size=DIM, mask_feature_size=DIM, hidden_dim=DIM,
+                             encoder_feedforward_dim=48, encoder_layers=2, decoder_layers=decoder_layers + 1,
+                             num_attention_heads=HEADS, dim_feedforward=40, num_queries=QUERIES, dropout=0.0,
+                             pre_norm=False, enforce_input_projection=False, common_stride=4,
+                             feature_strides=[4, 8, 16, 32])
+
+
+def _randomize(module, seed):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+
+
+def _pixel_decoder_to_transformers(sd):
+    """Our pixel-decoder keys -> transformers' Mask2FormerPixelDecoder keys."""
+    out = {}
+    for k, v in sd.items():
+        k = (k.replace("input_proj.", "input_projections.").replace("layers.", "encoder.layers.")
+             .replace(".norm1.", ".self_attn_layer_norm.").replace(".norm2.", ".final_layer_norm.")
+             .replace(".linear1.", ".fc1.").replace(".linear2.", ".fc2.")
+             .replace("lateral_convs.0.", "adapter_1.").replace("output_convs.0.", "layer_1.")
+             .replace("mask_feature.", "mask_projection."))
+        out[k] = v
+    return out
+
+
+def test_pixel_decoder_equals_transformers_mask2former_pixel_decoder():
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    from mask2former_eva.pixel_decoder import MSDeformAttnPixelDecoder
+
+    ours = MSDeformAttnPixelDecoder([16, 24, 40, 48], DIM, DIM, num_layers=2, num_heads=HEADS,
+                                    ffn_channels=48, num_groups=32).eval()
+    _randomize(ours, 0)
+    theirs = hf.Mask2FormerPixelDecoder(_hf_config(LAYERS), feature_channels=[16, 24, 40, 48]).eval()
+    theirs.load_state_dict(_pixel_decoder_to_transformers(ours.state_dict()), strict=True)
+    gen = torch.Generator().manual_seed(1)
+    # a non-square input: 32x48 at stride 4 down to 4x6 at stride 32
+    feats = [torch.randn(2, c, 32 // 2 ** i, 48 // 2 ** i, generator=gen)
+             for i, c in enumerate([16, 24, 40, 48])]
+    with torch.no_grad():
+        mask_features, multi_scale = ours(feats)
+        ref = theirs(feats)
+    torch.testing.assert_close(mask_features, ref.mask_features, rtol=0, atol=1e-5)
+    assert len(multi_scale) == len(ref.multi_scale_features) == 3
+    for a, b in zip(multi_scale, ref.multi_scale_features):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def _decoder_to_transformers(sd):
+    """Our decoder keys -> transformers' Mask2FormerTransformerModule keys (cls_embed has no counterpart
+    there: transformers' class predictor sits in Mask2FormerForUniversalSegmentation)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("cls_embed."):
+            continue
+        if k.startswith("layers."):
+            i, rest = k.split(".", 2)[1:]
+            base = f"decoder.layers.{i}."
+            if rest.startswith("self_attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]  # weight / bias
+                for name, part in zip("qkv", v.chunk(3)):
+                    out[f"{base}self_attn.{name}_proj.{kind}"] = part
+                continue
+            rest = (rest.replace("norm1.", "cross_attn_layer_norm.")
+                    .replace("norm2.", "self_attn_layer_norm.").replace("norm3.", "final_layer_norm.")
+                    .replace("linear1.", "fc1.").replace("linear2.", "fc2."))
+            out[base + rest] = v
+            continue
+        k = (k.replace("query_embed.", "queries_embedder.").replace("query_feat.", "queries_features.")
+             .replace("post_norm.", "decoder.layernorm."))
+        if k.startswith("mask_embed."):
+            idx, kind = k.split(".")[1:]
+            k = f"decoder.mask_predictor.mask_embedder.{int(idx) // 2}.0.{kind}"
+        out[k] = v
+    return out
+
+
+def test_masked_attention_decoder_equals_transformers_at_every_layer():
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    from mask2former_eva.transformer_decoder import MaskedAttentionDecoder
+
+    ours = MaskedAttentionDecoder(NUM_CLASSES, DIM, DIM, DIM, num_queries=QUERIES, num_heads=HEADS,
+                                  ffn_channels=40, num_layers=LAYERS).eval()
+    _randomize(ours, 2)
+    theirs = hf.Mask2FormerTransformerModule(in_features=DIM, config=_hf_config(LAYERS)).eval()
+    theirs.load_state_dict(_decoder_to_transformers(ours.state_dict()), strict=True)
+    # float64: the masks are thresholded at sigmoid 0.5 between layers, where fp32 rounding of mask
+    # logits of size ~50 (a few 1e-5) could flip a pixel; in float64 the two agree to ~1e-13
+    ours, theirs = ours.double(), theirs.double()
+    gen = torch.Generator().manual_seed(3)
+    multi_scale = [torch.randn(2, DIM, h, w, generator=gen, dtype=torch.float64)
+                   for h, w in [(3, 4), (6, 8), (12, 16)]]
+    mask_features = torch.randn(2, DIM, 24, 32, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        out = ours(multi_scale, mask_features)
+        ref = theirs(multi_scale, mask_features)
+    predictions = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}]
+    assert len(predictions) == len(ref.masks_queries_logits) == LAYERS + 1
+    for ours_pred, masks, hidden in zip(predictions, ref.masks_queries_logits,
+                                        ref.intermediate_hidden_states):
+        torch.testing.assert_close(ours_pred["pred_masks"], masks, rtol=0, atol=1e-9)
+        # transformers returns the normed queries [Q, B, C]; the class logits are one linear layer on them
+        with torch.no_grad():
+            logits = ours.cls_embed(hidden.transpose(0, 1))
+        torch.testing.assert_close(ours_pred["pred_logits"], logits, rtol=0, atol=1e-9)
+    # the attention masks were not trivial: some pixels blocked, some open
+    blocked = attention_mask_from_masks(predictions[0]["pred_masks"], (3, 4), HEADS)
+    assert blocked.any() and not blocked.all()

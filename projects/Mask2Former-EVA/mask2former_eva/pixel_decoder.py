@@ -39,9 +39,11 @@ def sine_position_embedding(height: int, width: int, num_feats: int, *, temperat
         ``[2 * num_feats, height, width]``.
     """
     eps, scale = 1e-6, 2 * math.pi
-    y = torch.arange(1, height + 1, device=device, dtype=torch.float32) / (height + eps) * scale
-    x = torch.arange(1, width + 1, device=device, dtype=torch.float32) / (width + eps) * scale
-    dim_t = torch.arange(num_feats, device=device, dtype=torch.float32)
+    # at least fp32: half-precision angles would be ~0.01 rad off at the high frequencies
+    work = torch.promote_types(dtype, torch.float32)
+    y = torch.arange(1, height + 1, device=device, dtype=work) / (height + eps) * scale
+    x = torch.arange(1, width + 1, device=device, dtype=work) / (width + eps) * scale
+    dim_t = torch.arange(num_feats, device=device, dtype=work)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
 
     def encode(pos: torch.Tensor) -> torch.Tensor:  # [N] -> [N, num_feats], sin/cos interleaved
