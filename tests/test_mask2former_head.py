@@ -350,3 +350,125 @@ def test_masked_attention_decoder_equals_transformers_at_every_layer():
     # the attention masks were not trivial: some pixels blocked, some open
     blocked = attention_mask_from_masks(predictions[0]["pred_masks"], (3, 4), HEADS)
     assert blocked.any() and not blocked.all()
+
+
+# -------------------------------------------------------------------------------------- released layout
+def _mmdet_head_file(dim, num_classes, queries, pd_layers, pd_heads, pd_ffn, dec_layers, dec_ffn, gen):
+    """``decode_head.*`` key names and shapes of the release's mmdet Mask2FormerHead, written from its
+    module structure (mmdet 2.x ``Mask2FormerHead`` / ``MSDeformAttnPixelDecoder`` on mmcv ``ConvModule``
+    (conv + gn), ``BaseTransformerLayer`` (attentions / ffns / norms in operation order) and ``FFN``
+    (layers.0.0, layers.1)), 4 input levels and every width ``dim``; random values."""
+    shapes = {}
+
+    def add(name, *shape):
+        shapes[name] = shape
+
+    def linear(name, n_out, n_in):
+        add(f"{name}.weight", n_out, n_in)
+        add(f"{name}.bias", n_out)
+
+    def norm(name):
+        add(f"{name}.weight", dim)
+        add(f"{name}.bias", dim)
+
+    pd = "decode_head.pixel_decoder."
+    for i in range(3):
+        add(f"{pd}input_convs.{i}.conv.weight", dim, dim, 1, 1)
+        add(f"{pd}input_convs.{i}.conv.bias", dim)
+        norm(f"{pd}input_convs.{i}.gn")
+    add(f"{pd}level_encoding.weight", 3, dim)
+    for n in range(pd_layers):
+        layer = f"{pd}encoder.layers.{n}."
+        # heads x levels (3) x points (4) x (x, y)
+        linear(f"{layer}attentions.0.sampling_offsets", pd_heads * 3 * 4 * 2, dim)
+        linear(f"{layer}attentions.0.attention_weights", pd_heads * 3 * 4, dim)
+        linear(f"{layer}attentions.0.value_proj", dim, dim)
+        linear(f"{layer}attentions.0.output_proj", dim, dim)
+        linear(f"{layer}ffns.0.layers.0.0", pd_ffn, dim)
+        linear(f"{layer}ffns.0.layers.1", dim, pd_ffn)
+        norm(f"{layer}norms.0")
+        norm(f"{layer}norms.1")
+    add(f"{pd}lateral_convs.0.conv.weight", dim, dim, 1, 1)  # no conv bias before a norm
+    norm(f"{pd}lateral_convs.0.gn")
+    add(f"{pd}output_convs.0.conv.weight", dim, dim, 3, 3)
+    norm(f"{pd}output_convs.0.gn")
+    add(f"{pd}mask_feature.weight", dim, dim, 1, 1)
+    add(f"{pd}mask_feature.bias", dim)
+    td = "decode_head.transformer_decoder."
+    for n in range(dec_layers):
+        layer = f"{td}layers.{n}."
+        for a in range(2):  # attentions.0: cross-attention, attentions.1: self-attention
+            add(f"{layer}attentions.{a}.attn.in_proj_weight", 3 * dim, dim)
+            add(f"{layer}attentions.{a}.attn.in_proj_bias", 3 * dim)
+            linear(f"{layer}attentions.{a}.attn.out_proj", dim, dim)
+        linear(f"{layer}ffns.0.layers.0.0", dec_ffn, dim)
+        linear(f"{layer}ffns.0.layers.1", dim, dec_ffn)
+        for j in range(3):
+            norm(f"{layer}norms.{j}")
+    norm(f"{td}post_norm")
+    add("decode_head.query_embed.weight", queries, dim)
+    add("decode_head.query_feat.weight", queries, dim)
+    add("decode_head.level_embed.weight", 3, dim)
+    linear("decode_head.cls_embed", num_classes + 1, dim)
+    for j in (0, 2, 4):
+        linear(f"decode_head.mask_embed.{j}", dim, dim)
+    # mmseg BaseDecodeHead's classifier: in the file, never used by Mask2Former
+    add("decode_head.conv_seg.weight", num_classes, dim, 1, 1)
+    add("decode_head.conv_seg.bias", num_classes)
+    return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+
+
+def test_released_mmseg_checkpoint_loads_strictly_into_the_segmentor(tmp_path):
+    from test_vit_adapter import DIM as ADAPTER_DIM
+    from test_vit_adapter import INDEXES, INPLANES, RATIO, _adapter, _mmseg_backbone_file
+
+    from eva_core.checkpoint import load_checkpoint, save_atomic
+
+    backbone = _adapter()
+    head = Mask2FormerHead([ADAPTER_DIM] * 4, NUM_CLASSES, feat_channels=ADAPTER_DIM,
+                           out_channels=ADAPTER_DIM, num_queries=QUERIES, pixel_decoder_layers=2,
+                           pixel_decoder_heads=HEADS, pixel_decoder_ffn=48, decoder_layers=LAYERS,
+                           decoder_heads=HEADS, decoder_ffn=40, num_groups=8)
+    model = EncoderDecoderMask2Former(backbone, head, build_criterion(NUM_CLASSES, LAYERS, num_points=64))
+    gen = torch.Generator().manual_seed(0)
+    sd = _mmseg_backbone_file(len(backbone.encoder.blocks), len(INDEXES), ADAPTER_DIM, INPLANES, RATIO,
+                              grid=4, mlp_hidden=2 * ADAPTER_DIM)
+    sd = {k: v for k, v in sd.items() if not k.startswith("decode_head.")}  # that file's partial head
+    head_sd = _mmdet_head_file(ADAPTER_DIM, NUM_CLASSES, QUERIES, 2, HEADS, 48, LAYERS, 40, gen)
+    sd.update(head_sd)
+    path = tmp_path / "eva_sem_seg_mask2former_tiny.pth"
+    save_atomic({"meta": {"mmseg_version": "0.20.2"}, "state_dict": sd}, path)
+
+    report = load_checkpoint(model, path, strict=True, min_loaded=1.0)
+    assert report.layout == "mmseg_beit_adapter"
+    assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+    assert report.loaded_fraction == 1.0
+    assert any("conv_seg" in note for note in report.notes)
+    ours = model.state_dict()
+    pd, td = model.decode_head.pixel_decoder, model.decode_head.transformer_decoder
+    p, t = "decode_head.pixel_decoder.", "decode_head.transformer_decoder."
+    spot_checks = {
+        f"{p}input_convs.2.gn.weight": pd.input_proj[2][1].weight,
+        f"{p}level_encoding.weight": pd.level_embed,
+        f"{p}encoder.layers.1.attentions.0.value_proj.weight": pd.layers[1].self_attn.value_proj.weight,
+        f"{p}encoder.layers.0.ffns.0.layers.1.weight": pd.layers[0].linear2.weight,
+        f"{p}encoder.layers.0.norms.1.bias": pd.layers[0].norm2.bias,
+        f"{p}lateral_convs.0.conv.weight": pd.lateral_convs[0][0].weight,
+        f"{p}output_convs.0.gn.bias": pd.output_convs[0][1].bias,
+        f"{t}layers.2.attentions.0.attn.in_proj_weight": td.layers[2].cross_attn.in_proj_weight,
+        f"{t}layers.2.attentions.1.attn.out_proj.bias": td.layers[2].self_attn.out_proj.bias,
+        f"{t}layers.1.norms.2.weight": td.layers[1].norm3.weight,
+        f"{t}layers.1.ffns.0.layers.0.0.bias": td.layers[1].linear1.bias,
+        f"{t}post_norm.weight": td.post_norm.weight,
+        "decode_head.query_feat.weight": td.query_feat.weight,
+        "decode_head.mask_embed.4.weight": td.mask_embed[4].weight,
+        "decode_head.cls_embed.bias": td.cls_embed.bias,
+        "backbone.spm.stem.0.weight": model.backbone.spm.stem[0].weight,
+        "backbone.blocks.1.mlp.fc2.weight": model.backbone.encoder.blocks[1].mlp.fc2.weight,
+    }
+    for key, param in spot_checks.items():
+        assert torch.equal(param, sd[key]), key
+    # every tensor of the segmentor came from the file
+    recomputed = sum(k.endswith("relative_position_index") for k in sd)  # buffers rebuilt, not loaded
+    assert len(report.loaded) == len(ours) == len(sd) - 2 - recomputed  # 2: conv_seg
+    model.eval()({"image": torch.randn(1, 3, 64, 64)})

@@ -136,6 +136,12 @@ class EncoderDecoderMask2Former(nn.Module):
         if self.criterion.num_classes != self.num_classes:
             raise ValueError(f"EncoderDecoderMask2Former: criterion has {self.criterion.num_classes} "
                              f"classes, the head {self.num_classes}")
+        # the no-object class weight is configuration, not learned state: kept out of checkpoints so that
+        # a released file (which has no such tensor) covers the whole state dict (min_loaded 1.0)
+        empty_weight = getattr(self.criterion, "empty_weight", None)
+        if torch.is_tensor(empty_weight) and "empty_weight" in self.criterion.state_dict():
+            delattr(self.criterion, "empty_weight")
+            self.criterion.register_buffer("empty_weight", empty_weight, persistent=False)
         self.ignore_label = int(ignore_label)
         self.test_mode = test_mode
         self.crop_size, self.stride = _pair(crop_size), _pair(stride)
