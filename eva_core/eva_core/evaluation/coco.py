@@ -321,6 +321,26 @@ def metrics_markdown(results: Mapping[str, Mapping[str, float]], title: str = ""
     return "\n".join(lines) + "\n"
 
 
+_DETECTRON2_FIELDS = {"pred_boxes": "boxes", "scores": "scores", "pred_classes": "classes",
+                      "pred_masks": "masks"}
+
+
+def _prediction_mapping(instances: Any) -> Mapping[str, Any]:
+    """A mapping as :func:`instances_to_coco_json` reads it, from itself or from a detectron2-style
+    ``Instances`` (``get_fields()`` with ``pred_boxes`` (a tensor or a ``Boxes`` with ``.tensor``),
+    ``scores``, ``pred_classes``, ``pred_masks``), which detection models return."""
+    if isinstance(instances, Mapping):
+        return instances
+    if not callable(getattr(instances, "get_fields", None)):
+        raise ValueError(f"'instances' must be a dict (boxes, scores, classes[, masks]) or a "
+                         f"detectron2-style Instances with get_fields(); got {type(instances).__name__}")
+    fields = instances.get_fields()
+    out = {ours: fields[theirs] for theirs, ours in _DETECTRON2_FIELDS.items() if theirs in fields}
+    if "boxes" in out:
+        out["boxes"] = getattr(out["boxes"], "tensor", out["boxes"])
+    return out
+
+
 class InstancesEvaluatorBase(DatasetEvaluator):
     """Collects per-image instance predictions as COCO results, gathers them across ranks and
     scores them on rank 0. Subclasses load the ground truth and score one task.
@@ -380,8 +400,9 @@ class InstancesEvaluatorBase(DatasetEvaluator):
                 raise ValueError(f"{type(self).__name__}: each output must be a dict with 'instances', got "
                                  f"{type(out).__name__}{sorted(out) if isinstance(out, Mapping) else ''}")
             image_id = self._image_id(batch, out, i)
-            dets = instances_to_coco_json(out["instances"], image_id, self.category_ids)
-            self._has_masks |= out["instances"].get("masks") is not None
+            instances = _prediction_mapping(out["instances"])
+            dets = instances_to_coco_json(instances, image_id, self.category_ids)
+            self._has_masks |= instances.get("masks") is not None
             self._image_ids.append(image_id)
             self._results.extend(dets)
 

@@ -13,7 +13,9 @@ from .layers import Conv2d, LayerNorm, ShapeSpec, get_norm
 from .mask_head import (MaskRCNNConvUpsampleHead, mask_rcnn_inference, mask_rcnn_loss, maskness,
                         maskness_rescore, paste_masks_in_image)
 from .matcher import Matcher
+from .meta_arch import GeneralizedRCNN
 from .poolers import ROIPooler
+from .postprocessing import detector_postprocess
 from .rpn import RPN, StandardRPNHead, find_top_rpn_proposals
 from .sampling import subsample_labels
 from .soft_nms import batched_soft_nms, soft_nms
@@ -26,3 +28,4 @@ __all__ += ["ROIPooler", "FastRCNNConvFCHead", "FastRCNNOutputLayers", "fast_rcn
             "MaskRCNNConvUpsampleHead", "mask_rcnn_loss", "mask_rcnn_inference", "paste_masks_in_image",
             "CascadeROIHeads"]
 __all__ += ["soft_nms", "batched_soft_nms", "maskness", "maskness_rescore"]
+__all__ += ["GeneralizedRCNN", "detector_postprocess"]

@@ -14,6 +14,7 @@ that have no non-crowd annotation). Degenerate boxes (width or height 0) are dro
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 from eva_core.data.annotations import AnnotationFormatError, load_coco_json, load_lvis_json
 
-__all__ = ["BoxMode", "DetectionDataset", "load_detection_json", "is_lvis_json"]
+__all__ = ["BoxMode", "DetectionDataset", "load_detection_json", "is_lvis_json", "json_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,32 @@ def _peek_lvis(json_file: str) -> bool:
     from eva_core.data.annotations import _read_json
 
     return is_lvis_json(_read_json(json_file))
+
+
+@functools.lru_cache(maxsize=8)
+def _num_categories(json_file: str, mtime_ns: int) -> int:
+    from eva_core.data.annotations import AnnotationFormatError, _read_json
+
+    cats = _read_json(json_file).get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise AnnotationFormatError(f"{json_file}: categories: expected a non-empty list of classes")
+    return len(cats)
+
+
+def json_num_classes(json_file: str | os.PathLike) -> int:
+    """The class count of an instances json (``len(categories)``), so a recipe's
+    ``model.roi_heads.num_classes`` follows its dataset (a custom json needs no code edit).
+
+    Cached per file and modification time: a config asks once per head that needs it.
+
+    Raises:
+        FileNotFoundError: no such json.
+        AnnotationFormatError: the json has no non-empty ``categories`` list.
+    """
+    json_file = os.fspath(json_file)
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"{json_file}: no such instances json (it gives the class count)")
+    return _num_categories(json_file, os.stat(json_file).st_mtime_ns)
 
 
 def _image_file(image_root: str, img: dict) -> str:
