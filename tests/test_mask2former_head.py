@@ -353,11 +353,11 @@ def test_masked_attention_decoder_equals_transformers_at_every_layer():
 
 
 # -------------------------------------------------------------------------------------- released layout
-def _mmdet_head_file(dim, num_classes, queries, pd_layers, pd_heads, pd_ffn, dec_layers, dec_ffn, gen):
+def _mmdet_head_shapes(dim, num_classes, queries, pd_layers, pd_heads, pd_ffn, dec_layers, dec_ffn):
     """``decode_head.*`` key names and shapes of the release's mmdet Mask2FormerHead, written from its
     module structure (mmdet 2.x ``Mask2FormerHead`` / ``MSDeformAttnPixelDecoder`` on mmcv ``ConvModule``
     (conv + gn), ``BaseTransformerLayer`` (attentions / ffns / norms in operation order) and ``FFN``
-    (layers.0.0, layers.1)), 4 input levels and every width ``dim``; random values."""
+    (layers.0.0, layers.1)), 4 input levels and every width ``dim``."""
     shapes = {}
 
     def add(name, *shape):
@@ -415,7 +415,27 @@ def _mmdet_head_file(dim, num_classes, queries, pd_layers, pd_heads, pd_ffn, dec
     # mmseg BaseDecodeHead's classifier: in the file, never used by Mask2Former
     add("decode_head.conv_seg.weight", num_classes, dim, 1, 1)
     add("decode_head.conv_seg.bias", num_classes)
-    return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    return shapes
+
+
+def test_eva_release_head_has_the_release_checkpoint_shapes():
+    # the EVA-01 ADE20K head (docs/recipes/segmentation.md): width 1024, 200 queries, 6 pixel-decoder
+    # layers, 8 decoder layers, 32 heads, FFN 4096; built on the meta device (no memory, no time)
+    from mask2former_eva.layouts import mmdet_head_key_to_ours
+
+    with torch.device("meta"):
+        head = Mask2FormerHead([1024] * 4, 150, 1024, 1024, num_queries=200, pixel_decoder_layers=6,
+                               pixel_decoder_heads=32, pixel_decoder_ffn=4096, decoder_layers=8,
+                               decoder_heads=32, decoder_ffn=4096)
+    ours = {f"decode_head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
+    release = _mmdet_head_shapes(1024, 150, 200, 6, 32, 4096, 8, 4096)
+    mapped = {}
+    for key, shape in release.items():
+        name = mmdet_head_key_to_ours(key[len("decode_head."):])
+        if name is not None:
+            mapped[f"decode_head.{name}"] = shape
+    assert mapped == ours
+    assert sum(v.numel() for v in head.parameters()) == sum(torch.Size(s).numel() for s in mapped.values())
 
 
 def test_released_mmseg_checkpoint_loads_strictly_into_the_segmentor(tmp_path):
@@ -434,8 +454,8 @@ def test_released_mmseg_checkpoint_loads_strictly_into_the_segmentor(tmp_path):
     sd = _mmseg_backbone_file(len(backbone.encoder.blocks), len(INDEXES), ADAPTER_DIM, INPLANES, RATIO,
                               grid=4, mlp_hidden=2 * ADAPTER_DIM)
     sd = {k: v for k, v in sd.items() if not k.startswith("decode_head.")}  # that file's partial head
-    head_sd = _mmdet_head_file(ADAPTER_DIM, NUM_CLASSES, QUERIES, 2, HEADS, 48, LAYERS, 40, gen)
-    sd.update(head_sd)
+    shapes = _mmdet_head_shapes(ADAPTER_DIM, NUM_CLASSES, QUERIES, 2, HEADS, 48, LAYERS, 40)
+    sd.update({k: torch.randn(s, generator=gen) for k, s in shapes.items()})
     path = tmp_path / "eva_sem_seg_mask2former_tiny.pth"
     save_atomic({"meta": {"mmseg_version": "0.20.2"}, "state_dict": sd}, path)
 
@@ -472,3 +492,28 @@ def test_released_mmseg_checkpoint_loads_strictly_into_the_segmentor(tmp_path):
     recomputed = sum(k.endswith("relative_position_index") for k in sd)  # buffers rebuilt, not loaded
     assert len(report.loaded) == len(ours) == len(sd) - 2 - recomputed  # 2: conv_seg
     model.eval()({"image": torch.randn(1, 3, 64, 64)})
+
+
+# ---------------------------------------------------------------------------------------------- engine
+def test_segmentor_trains_with_the_engine_trainer_and_evaluates_with_inference_on_dataset():
+    from eva_core.engine.train_loop import SimpleTrainer
+    from eva_core.evaluation import inference_on_dataset
+    from eva_core.evaluation.sem_seg import SemSegEvaluator
+    from eva_core.optim.layer_decay import param_groups_layer_decay
+
+    model = _segmentor()
+    labels = _label_maps()
+    batch = {"image": _images(labels), "sem_seg": labels, "file_name": ["a.png", "b.png"]}
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.9)
+    scale = {name: g["lr_scale"] for g in groups for name in g["param_names"]}
+    # the release's layer decay: the encoder's blocks decay, the head trains at the full lr
+    assert scale["decode_head.transformer_decoder.cls_embed.weight"] == 1.0
+    block = "backbone.encoder.blocks.{}.attn.qkv.weight"
+    assert scale[block.format(0)] < scale[block.format(3)] < 1
+    trainer = SimpleTrainer(model, [batch], torch.optim.AdamW(groups, lr=1e-3), clip_grad=1.0)
+    trainer.train(0, 2)
+    logged = trainer.storage.latest()
+    assert {"loss_ce", "loss_dice_0", "total_loss", "grad_norm"} <= set(logged)
+    results = inference_on_dataset(model, [batch], SemSegEvaluator(NUM_CLASSES))
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+    assert model.training  # inference_on_dataset restores the mode
