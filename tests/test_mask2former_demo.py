@@ -51,3 +51,60 @@ def test_overlay_blends_image_and_colours_as_mmseg_with_opacity(tmp_path):
     assert np.asarray(Image.open(path)).tolist() == out.tolist()
     with pytest.raises(ValueError, match=r"image is 2x2 \(WxH\) but the prediction is 3x1"):
         overlay(image, np.zeros((1, 3), int))
+
+
+def _demo_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "projects/Mask2Former-EVA/demo.py"
+    spec = importlib.util.spec_from_file_location("mask2former_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_writes_a_label_png_and_an_overlay_per_image_with_a_tiny_random_model(tmp_path, capsys):
+    from pathlib import Path
+
+    from eva_core.checkpoint import save_atomic
+    from eva_core.config import LazyConfig, instantiate
+    from eva_core.data import toy_world
+
+    config = Path(__file__).resolve().parents[1] / "projects/Mask2Former-EVA/configs/toy/mask2former_toy.py"
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(str(config)).model).eval()
+    save_atomic({"model": model.state_dict()}, tmp_path / "model.pth")
+    paths = toy_world.make_ade20k(tmp_path / "data", num_train=1, num_val=2, img_size=96)
+    images = sorted(Path(paths["ade20k_val_images"]).iterdir())
+    demo = _demo_module()
+    assert demo.main(["--config-file", str(config), "--checkpoint", str(tmp_path / "model.pth"),
+                      "--input", paths["ade20k_val_images"], "--output", str(tmp_path / "out")]) == 0
+    for image_path in images:
+        labels = np.asarray(Image.open(tmp_path / "out" / f"{image_path.stem}.png"))
+        blend = np.asarray(Image.open(tmp_path / "out" / f"{image_path.stem}_overlay.png"))
+        assert labels.shape == (96, 96) and labels.max() < 5 and blend.shape == (96, 96, 3)
+        # the written map is the model's own prediction on the normalised image
+        image = np.array(Image.open(image_path).convert("RGB"))
+        expected = demo.segment(model, image).argmax(0).numpy()
+        assert (labels == expected).all()
+        assert (blend == overlay(image, expected, num_classes=5)).all()
+    assert str(images[0]) in capsys.readouterr().out
+
+
+def test_demo_refuses_a_missing_input_and_a_checkpoint_that_does_not_fill_the_model(tmp_path, capsys):
+    from pathlib import Path
+
+    from eva_core.checkpoint import save_atomic
+
+    config = Path(__file__).resolve().parents[1] / "projects/Mask2Former-EVA/configs/toy/mask2former_toy.py"
+    demo = _demo_module()
+    save_atomic({"model": {"backbone.level_embed": torch.zeros(3, 64)}}, tmp_path / "partial.pth")
+    args = ["--config-file", str(config), "--output", str(tmp_path / "out"), "--checkpoint",
+            str(tmp_path / "partial.pth")]
+    assert demo.main(args + ["--input", str(tmp_path / "nope.jpg")]) == 2
+    assert "nope.jpg does not exist" in capsys.readouterr().err
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.jpg")
+    assert demo.main(args + ["--input", str(tmp_path / "a.jpg")]) == 2
+    assert "partial.pth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
