@@ -143,6 +143,85 @@ def test_detector_postprocess_scales_clips_drops_empty_boxes_and_pastes_masks():
     assert int(out.pred_masks[1].sum()) == 20 * 30
 
 
+def _toy_detector(num_classes: int = 5) -> GeneralizedRCNN:
+    cfg = LazyConfig.load(TOY_COCO)
+    cfg.model.roi_heads.num_classes = num_classes
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+def _toy_gt(h: int, w: int) -> dict:
+    masks = torch.zeros(2, h, w, dtype=torch.bool)
+    masks[0, 10:40, 20:60] = True
+    masks[1, 70:100, 64:120] = True
+    return {"gt_boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0], [64.0, 70.0, 120.0, 100.0]]),
+            "gt_classes": torch.tensor([1, 3]), "gt_masks": masks}
+
+
+def test_training_forward_returns_rpn_cascade_and_mask_losses_the_engine_sums():
+    from eva_core.engine.train_loop import sum_losses
+
+    model = _toy_detector().train()
+    batch = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "height": 128, "width": 128,
+              "instances": _toy_gt(128, 128)},
+             {"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8), "height": 96, "width": 128,
+              "instances": Instances((96, 128), **{k: v[:1] for k, v in _toy_gt(96, 128).items()})}]
+    losses = model(batch)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_mask"} | {
+        f"loss_{n}_stage{s}" for n in ("cls", "box_reg") for s in range(3)}
+    total = sum_losses(losses)
+    total.backward()
+    assert torch.isfinite(total)
+    assert model.roi_heads.mask_head.predictor.weight.grad is not None
+    assert model.backbone.net.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_preprocess_normalises_on_the_0_255_scale_and_pads_to_the_square_size():
+    model = _toy_detector().eval()
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    images = model.preprocess_image([{"image": image}])
+    assert images.tensor.shape == (1, 3, 128, 128) and images.image_sizes == [(96, 128)]
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    assert torch.allclose(images.tensor[0, :, :96], (image.float() - mean) / std)
+    assert torch.count_nonzero(images.tensor[0, :, 96:]) == 0  # padded after normalisation, with 0
+    # a test-mapper output padded with grey carries its real size: the same detections as unpadded
+    padded = torch.full((3, 128, 128), 128, dtype=torch.uint8)
+    padded[:, :96] = image
+    with torch.no_grad():
+        a = model([{"image": image, "height": 192, "width": 256}])[0]["instances"]
+        b = model([{"image": padded, "image_size": (96, 128), "height": 192, "width": 256}])[0]["instances"]
+    assert a.image_size == b.image_size == (192, 256)
+    assert torch.equal(a.pred_boxes, b.pred_boxes) and torch.equal(a.scores, b.scores)
+
+
+def test_inference_returns_detectron2_instances_that_the_coco_evaluator_scores(toy_world):
+    from eva_core.evaluation import COCOEvaluator
+    from vitdet_eva.data import MappedDataset, ResizeTestMapper, load_detection_json
+
+    model = _toy_detector().eval()
+    dataset = MappedDataset(load_detection_json(toy_world["coco_val_json"], toy_world["coco_val_images"]),
+                            ResizeTestMapper(96, pad=False))
+    batch = [dataset[0], dataset[1]]
+    with torch.no_grad():
+        outputs = model(batch)
+    inst = outputs[0]["instances"]
+    assert isinstance(inst, Instances) and inst.image_size == (128, 128)
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
+    assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape[1:] == (128, 128)
+    evaluator = COCOEvaluator(toy_world["coco_val_json"], per_class=False)
+    evaluator.reset()
+    evaluator.process(batch, outputs)
+    as_dicts = [{"instances": {"boxes": o["instances"].pred_boxes, "scores": o["instances"].scores,
+                               "classes": o["instances"].pred_classes, "masks": o["instances"].pred_masks}}
+                for o in outputs]
+    reference = COCOEvaluator(toy_world["coco_val_json"], per_class=False)
+    reference.reset()
+    reference.process(batch, as_dicts)
+    assert evaluator._results == reference._results and len(evaluator._results) == sum(map(len, (
+        o["instances"] for o in outputs)))
+
+
 # ---- the toy detector through the training tool ------------------------------------------------------
 def _toy_model_overrides() -> list[str]:
     return ["model.roi_heads.batch_size_per_image=32", "model.proposal_generator.post_nms_topk=[100,50]"]
