@@ -517,3 +517,49 @@ def test_segmentor_trains_with_the_engine_trainer_and_evaluates_with_inference_o
     results = inference_on_dataset(model, [batch], SemSegEvaluator(NUM_CLASSES))
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
     assert model.training  # inference_on_dataset restores the mode
+
+
+def test_head_activation_checkpointing_gives_the_same_losses_and_gradients():
+    model = _segmentor().train()
+    labels = _label_maps()
+    batch = {"image": _images(labels), "sem_seg": labels}
+    results = []
+    for enable in (False, True):
+        model.decode_head.pixel_decoder.grad_checkpointing = enable
+        model.decode_head.transformer_decoder.grad_checkpointing = enable
+        model.zero_grad()
+        torch.manual_seed(7)  # the same matcher / loss points in both runs
+        losses = model(batch)
+        sum(losses.values()).backward()
+        grads = {k: p.grad.clone() for k, p in model.decode_head.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (losses_a, grads_a), (losses_b, grads_b) = results
+    torch.testing.assert_close(losses_b, losses_a)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 50
+    torch.testing.assert_close(grads_b, grads_a)
+
+
+def test_training_pads_inputs_to_a_multiple_of_32_with_ignored_labels():
+    model = _segmentor().train()
+    labels = _label_maps()[:, :50, :60]  # 50 x 60: padded to 64 x 64
+    losses = model({"image": _images(_label_maps())[:, :, :50, :60], "sem_seg": labels})
+    assert all(torch.isfinite(v) for v in losses.values())
+    padded_images, padded_labels = model._pad(torch.zeros(2, 3, 50, 60), labels)
+    assert padded_images.shape[-2:] == padded_labels.shape[-2:] == (64, 64)
+    assert (padded_labels[:, 50:] == 255).all() and (padded_labels[:, :, 60:] == 255).all()
+
+
+def test_bad_batches_fail_naming_the_key_the_file_or_the_shapes():
+    model = _segmentor().train()
+    labels = _label_maps()
+    images = _images(labels)
+    with pytest.raises(KeyError, match="batch has no 'sem_seg' entry"):
+        model({"image": images})
+    with pytest.raises(ValueError, match=r"label maps \(2, 32, 32\) do not match images \(2, 3, 64, 64\)"):
+        model({"image": images, "sem_seg": labels[:, :32, :32]})
+    bad = labels.clone()
+    bad[1, 0, 0] = 9
+    with pytest.raises(ValueError, match="b.png: holds label 9"):
+        model({"image": images, "sem_seg": bad, "file_name": ["a.png", "b.png"]})
+    with pytest.raises(ValueError, match="test_mode must be 'whole' or 'slide'"):
+        EncoderDecoderMask2Former(model.backbone, model.decode_head, test_mode="sliding")

@@ -46,6 +46,8 @@ class Mask2FormerHead(nn.Module):
         decoder_ffn: decoder FFN width (4096 in the EVA release).
         num_groups: GroupNorm groups of the pixel decoder (32).
         dropout: dropout of both decoders (0).
+        grad_checkpointing: activation checkpointing of every pixel-decoder and decoder layer in
+            training (memory for time, as the release's ``with_cp``).
 
     ``forward(features)`` returns the decoder's prediction dict (``pred_logits``, ``pred_masks`` at
     stride 4, ``aux_outputs``); see :class:`MaskedAttentionDecoder`.
@@ -55,16 +57,17 @@ class Mask2FormerHead(nn.Module):
                  out_channels: int = 256, *, num_queries: int = 100, pixel_decoder_layers: int = 6,
                  pixel_decoder_heads: int = 8, pixel_decoder_ffn: int = 1024, num_points: int = 4,
                  decoder_layers: int = 9, decoder_heads: int = 8, decoder_ffn: int = 2048,
-                 num_groups: int = 32, dropout: float = 0.0) -> None:
+                 num_groups: int = 32, dropout: float = 0.0, grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             in_channels, feat_channels, out_channels, num_layers=pixel_decoder_layers,
             num_heads=pixel_decoder_heads, num_points=num_points, ffn_channels=pixel_decoder_ffn,
-            num_groups=num_groups, dropout=dropout)
+            num_groups=num_groups, dropout=dropout, grad_checkpointing=grad_checkpointing)
         self.transformer_decoder = MaskedAttentionDecoder(
             num_classes, feat_channels, feat_channels, out_channels, num_queries=num_queries,
-            num_heads=decoder_heads, ffn_channels=decoder_ffn, num_layers=decoder_layers, dropout=dropout)
+            num_heads=decoder_heads, ffn_channels=decoder_ffn, num_layers=decoder_layers, dropout=dropout,
+            grad_checkpointing=grad_checkpointing)
 
     @property
     def num_layers(self) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .ms_deform_attn import MSDeformAttn
 
@@ -109,6 +110,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_encoder_levels: how many of the coarsest maps the encoder attends over (3).
         num_groups: GroupNorm groups (32).
         dropout: encoder dropout (0).
+        grad_checkpointing: recompute each encoder layer in the backward pass instead of keeping
+            its activations (training only; the release sets ``with_cp`` on these layers' FFNs).
 
     ``forward(features)`` returns ``(mask_features, multi_scale_features)``: the stride-4
     ``[B, out_channels, H/4, W/4]`` map and the encoder's output maps, coarsest first
@@ -117,7 +120,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], feat_channels: int = 256, out_channels: int = 256, *,
                  num_layers: int = 6, num_heads: int = 8, num_points: int = 4, ffn_channels: int = 1024,
-                 num_encoder_levels: int = 3, num_groups: int = 32, dropout: float = 0.0) -> None:
+                 num_encoder_levels: int = 3, num_groups: int = 32, dropout: float = 0.0,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         in_channels = [int(c) for c in in_channels]
         if len(in_channels) <= num_encoder_levels:
@@ -130,6 +134,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.in_channels = in_channels
         self.feat_channels, self.out_channels = feat_channels, out_channels
         self.num_encoder_levels = num_encoder_levels
+        self.grad_checkpointing = grad_checkpointing
         # coarsest first: input_proj[0] projects the stride-32 map (mmdet's input_convs order)
         self.input_proj = nn.ModuleList(
             _conv_gn(c, feat_channels, 1, num_groups, bias=True, relu=False)
@@ -197,9 +202,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
             sine_position_embedding(h, w, self.feat_channels // 2, device=tokens.device, dtype=tokens.dtype)
             .flatten(1).transpose(0, 1) + self.level_embed[i]
             for i, (h, w) in enumerate(shapes)])[None]
-        ref = self.reference_points(shapes, tokens.device, tokens.dtype).expand(batch, -1, -1, -1)
+        # at least fp32: under bf16 autocast (i + 0.5) / W would be off by up to half a pixel at W = 224
+        ref = self.reference_points(shapes, tokens.device, torch.promote_types(tokens.dtype, torch.float32))
+        ref = ref.expand(batch, -1, -1, -1)
         for layer in self.layers:
-            tokens = layer(tokens, pos, ref, shapes)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(layer, tokens, pos, ref, shapes, use_reentrant=False)
+            else:
+                tokens = layer(tokens, pos, ref, shapes)
         outs = [t.transpose(1, 2).reshape(batch, self.feat_channels, h, w)
                 for t, (h, w) in zip(tokens.split([h * w for h, w in shapes], dim=1), shapes)]
         fine = list(features[:len(self.lateral_convs)][::-1])

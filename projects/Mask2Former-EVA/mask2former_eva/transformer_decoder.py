@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .pixel_decoder import sine_position_embedding
 
@@ -100,17 +101,20 @@ class MaskedAttentionDecoder(nn.Module):
         num_levels: pixel-decoder levels used round-robin (3).
         dropout: attention / FFN dropout (0).
         enforce_input_proj: add the 1x1 projections even when the widths agree.
+        grad_checkpointing: recompute each decoder layer in the backward pass (training only).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, hidden_dim: int = 256, mask_dim: int = 256,
                  *, num_queries: int = 100, num_heads: int = 8, ffn_channels: int = 2048, num_layers: int = 9,
-                 num_levels: int = 3, dropout: float = 0.0, enforce_input_proj: bool = False) -> None:
+                 num_levels: int = 3, dropout: float = 0.0, enforce_input_proj: bool = False,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         if num_classes < 1 or num_queries < 1 or num_layers < 1:
             raise ValueError(f"MaskedAttentionDecoder: num_classes ({num_classes}), num_queries "
                              f"({num_queries}) and num_layers ({num_layers}) must be positive")
         self.num_classes, self.num_queries, self.num_heads = num_classes, num_queries, num_heads
         self.num_levels, self.hidden_dim = num_levels, hidden_dim
+        self.grad_checkpointing = grad_checkpointing
         self.input_proj = nn.ModuleList(
             nn.Conv2d(in_channels, hidden_dim, 1) if in_channels != hidden_dim or enforce_input_proj
             else nn.Identity() for _ in range(num_levels))
@@ -175,7 +179,11 @@ class MaskedAttentionDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
             attn_mask = attention_mask_from_masks(masks, sizes[level], self.num_heads)
-            x = layer(x, query_pos, memories[level], positions[level], attn_mask)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, query_pos, memories[level], positions[level], attn_mask,
+                               use_reentrant=False)
+            else:
+                x = layer(x, query_pos, memories[level], positions[level], attn_mask)
             logits, masks = self.predict(x, mask_features)
             predictions.append((logits, masks))
         return {"pred_logits": logits, "pred_masks": masks,
