@@ -29,7 +29,8 @@ from PIL import Image
 
 from eva_core.data.datasets import ListFileError, PathLabelDataset, WebDatasetImages
 
-__all__ = ["CorruptCaptionError", "CaptionWebDataset", "CaptionCsvDataset", "tokenize_one"]
+__all__ = ["CorruptCaptionError", "CaptionWebDataset", "CaptionCsvDataset", "tokenize_one",
+           "online_curated_captions"]
 
 
 class CorruptCaptionError(ValueError):
@@ -155,3 +156,43 @@ class CaptionCsvDataset(_CaptionMixin, PathLabelDataset):
             raise CorruptCaptionError(f"{self.csv_file} row {index + 1}: empty caption for "
                                       f"{self.samples[index][0]}")
         return text
+
+
+def online_curated_captions(dataset: CaptionWebDataset, metadata: str | os.PathLike | Sequence[str],
+                            threshold: float, *, num_draws: int, seed: int = 0, workers: int = 1):
+    """MetaCLIP online curation of a caption webdataset for the train loader: a fresh draw per epoch.
+
+    The count pass runs over the dataset's shards (:func:`clip.curation.passes.count_pool`); each text
+    is matched once (:class:`clip.curation.online.CuratedIndex`), and the balanced draws of curation
+    epochs ``0 .. num_draws - 1`` are laid end to end (:class:`clip.curation.online.CuratedDrawsDataset`)
+    so that eva_core's resumable loader shuffles and resumes them like any map-style dataset. A sample
+    whose caption is corrupt is never drawn (it is counted in ``dataset.num_skipped``).
+
+    Args:
+        dataset: the raw pool.
+        metadata: MetaCLIP metadata: a JSON file of strings or a list of strings.
+        threshold: ``t`` (``p_e = min(1, t / count_e)``).
+        num_draws: curation epochs to lay end to end (enough for ``max_iter * batch`` samples; the
+            loader starts over after ``len(result)`` samples).
+        seed: the draws' seed.
+        workers: processes for the count pass.
+
+    Returns:
+        A :class:`~clip.curation.online.CuratedDrawsDataset` over ``dataset``.
+    """
+    from clip.curation.metadata import load_metadata
+    from clip.curation.online import CuratedDrawsDataset, CuratedIndex, OnlineCurator
+    from clip.curation.passes import count_pool
+
+    meta = load_metadata(metadata)
+    counts = count_pool(dataset.shards, meta, workers=workers)
+    items = []
+    for i, (shard, key, _) in enumerate(dataset.samples):
+        try:
+            text = dataset.read_caption(i)
+        except CorruptCaptionError:
+            text = ""  # matches no entry: never drawn
+            dataset.num_skipped += 1
+        items.append((shard, key, text))
+    index = CuratedIndex(items, OnlineCurator(meta, counts.counts, threshold, seed))
+    return CuratedDrawsDataset(dataset, index, num_draws)

@@ -9,9 +9,13 @@ epoch=k)`` -- the same epoch always reproduces, two epochs differ.
   ``(shard, key, text)`` tuples) and yields the kept ones of the current epoch (``set_epoch``).
 - :class:`CuratedIndex` serves map-style datasets: it matches every text once and returns the
   kept indices of an epoch for a sampler.
+- :class:`CuratedDrawsDataset` is a map-style dataset of ``num_draws`` consecutive epoch draws laid
+  end to end, for eva_core's resumable train loader (whose sampler only sees a fixed length).
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 from collections import Counter
@@ -21,7 +25,8 @@ from clip.curation.balancing import entry_probabilities, keep_probability, unifo
 from clip.curation.metadata import Metadata
 from clip.curation.passes import get_matcher, shard_id
 
-__all__ = ["OnlineCurator", "CaptionError", "CuratedIterable", "CuratedIndex", "describe_sample"]
+__all__ = ["OnlineCurator", "CaptionError", "CuratedIterable", "CuratedIndex", "CuratedDrawsDataset",
+           "describe_sample"]
 
 
 class OnlineCurator:
@@ -152,3 +157,50 @@ class CuratedIndex:
         seed = self.curator.seed
         return [i for i, ((shard, key), p) in enumerate(zip(self._ids, self.keep_probabilities))
                 if p > 0.0 and uniform_draw(seed, shard, key, epoch) < p]
+
+
+class CuratedDrawsDataset:
+    """The balanced draws of epochs ``0 .. num_draws - 1`` of a map-style dataset, laid end to end.
+
+    eva_core's train loader (:func:`eva_core.data.build_train_loader`) shuffles a dataset of fixed
+    length and restarts it every loader epoch; this dataset gives it ``num_draws`` curation epochs at
+    once, so a training run that sees ``len(self)`` samples has trained on a fresh balanced draw for
+    every curation epoch, each text of a draw exactly once, in an order the loader shuffles (and
+    resumes) as usual. Item ``i`` is a pure function of ``i``: workers and resumed runs agree.
+
+    Args:
+        dataset: the raw pool (map-style; item ``j`` is the text ``items[j]`` of ``index``).
+        index: the pool's :class:`CuratedIndex` (same order as ``dataset``).
+        num_draws: curation epochs to lay end to end.
+
+    Raises:
+        ValueError: the index and the dataset differ in length, ``num_draws < 1``, or a draw keeps
+            nothing (a threshold too small for the pool).
+    """
+
+    def __init__(self, dataset, index: CuratedIndex, num_draws: int):
+        if len(index) != len(dataset):
+            raise ValueError(f"CuratedDrawsDataset: curation index of {len(index)} texts for a dataset of "
+                             f"{len(dataset)} samples; build the index from the same samples, in order")
+        if num_draws < 1:
+            raise ValueError(f"CuratedDrawsDataset: num_draws must be >= 1, got {num_draws}")
+        self.dataset, self.index = dataset, index
+        self.draws = [index.indices(epoch) for epoch in range(num_draws)]
+        empty = [e for e, kept in enumerate(self.draws) if not kept]
+        if empty:
+            raise ValueError(f"CuratedDrawsDataset: the draw of epoch(s) {empty[:5]} keeps no sample of "
+                             f"{len(dataset)} (threshold too small?)")
+        self._starts = [0, *itertools.accumulate(len(kept) for kept in self.draws)]
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def source_index(self, i: int) -> int:
+        """The raw pool's index behind item ``i``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"CuratedDrawsDataset index {i} out of range [0, {len(self)})")
+        epoch = bisect.bisect_right(self._starts, i) - 1
+        return self.draws[epoch][i - self._starts[epoch]]
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.source_index(i)]
