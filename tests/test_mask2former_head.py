@@ -563,3 +563,15 @@ def test_bad_batches_fail_naming_the_key_the_file_or_the_shapes():
         model({"image": images, "sem_seg": bad, "file_name": ["a.png", "b.png"]})
     with pytest.raises(ValueError, match="test_mode must be 'whole' or 'slide'"):
         EncoderDecoderMask2Former(model.backbone, model.decode_head, test_mode="sliding")
+
+
+def test_eval_scores_are_resized_to_each_images_original_size():
+    model = _segmentor().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model({"image": x, "ori_size": [(50, 70), (64, 64)]})
+        scores = model.encode_decode(x)
+    assert [o["sem_seg"].shape for o in out] == [(NUM_CLASSES, 50, 70), (NUM_CLASSES, 64, 64)]
+    expected = nn.functional.interpolate(scores[:1], size=(50, 70), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(out[0]["sem_seg"], expected)
+    torch.testing.assert_close(out[1]["sem_seg"], scores[1])

@@ -6,13 +6,16 @@ Batch contract (what the engine's trainer and ``inference_on_dataset`` pass to `
   ``[3, H_i, W_i]`` for images of different sizes);
 * ``batch["sem_seg"]``: ground-truth label maps, ``LongTensor[B, H, W]`` (or a list of ``[H, W]``)
   with class ids ``0 .. num_classes - 1`` and ``ignore_label`` (255) for unlabelled / padded pixels;
-  needed in training only (``SemSegEvaluator`` reads it in eval).
+  needed in training only (``SemSegEvaluator`` reads it in eval);
+* ``batch["ori_size"]`` (eval, optional): one ``(H, W)`` per image, the size of its original label
+  map when the test pipeline resized the image; the scores are resized (bilinear) to it, as mmseg
+  resizes to ``ori_shape``.
 
 In ``train()`` mode ``model(batch)`` returns the weighted loss dict of
 :class:`~mask2former_eva.criterion.SetCriterion` (``loss_ce``, ``loss_mask``, ``loss_dice`` and
 ``loss_*_{i}`` per auxiliary prediction), which the trainer sums. In ``eval()`` mode it returns
 ``{"sem_seg": FloatTensor[B, K, H, W]}`` per-class scores at the input resolution (a list of
-``{"sem_seg": [K, H_i, W_i]}`` for a list of images), the form
+``{"sem_seg": [K, H_i, W_i]}`` for a list of images or when ``ori_size`` is given), the form
 ``eva_core.evaluation.sem_seg.SemSegEvaluator`` reads.
 """
 from __future__ import annotations
@@ -112,6 +115,7 @@ class EncoderDecoderMask2Former(nn.Module):
         image_key: batch key of the images.
         label_key: batch key of the label maps.
         output_key: key of the scores in the eval output.
+        size_key: batch key of the original ``(H, W)`` per image (eval; optional in the batch).
     """
 
     def __init__(self, backbone: nn.Module, decode_head: Mask2FormerHead,
@@ -120,7 +124,7 @@ class EncoderDecoderMask2Former(nn.Module):
                  stride: int | Sequence[int] = 512, test_scales: Sequence[float] = (1.0,),
                  test_flip: bool = False,
                  size_divisor: int = 32, image_key: str = "image", label_key: str = "sem_seg",
-                 output_key: str = "sem_seg") -> None:
+                 output_key: str = "sem_seg", size_key: str = "ori_size") -> None:
         super().__init__()
         if test_mode not in ("whole", "slide"):
             raise ValueError(f"EncoderDecoderMask2Former: test_mode must be 'whole' or 'slide', got "
@@ -149,6 +153,7 @@ class EncoderDecoderMask2Former(nn.Module):
         self.test_flip = bool(test_flip)
         self.size_divisor = int(size_divisor)
         self.image_key, self.label_key, self.output_key = image_key, label_key, output_key
+        self.size_key = size_key
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's no-decay names (prefixed)."""
@@ -179,9 +184,20 @@ class EncoderDecoderMask2Former(nn.Module):
         images = self._get(batch, self.image_key)
         if self.training:
             return self.forward_train(images, self._get(batch, self.label_key), batch.get("file_name"))
-        if torch.is_tensor(images):
+        sizes = batch.get(self.size_key)
+        if torch.is_tensor(images) and sizes is None:
             return {self.output_key: self.inference(images)}
-        return [{self.output_key: self.inference(img[None])[0]} for img in images]
+        per_image = list(self.inference(images)) if torch.is_tensor(images) else \
+            [self.inference(img[None])[0] for img in images]
+        if sizes is not None:
+            if len(sizes) != len(per_image):
+                raise ValueError(f"EncoderDecoderMask2Former: batch[{self.size_key!r}] has {len(sizes)} "
+                                 f"sizes for {len(per_image)} images")
+            per_image = [s if tuple(s.shape[-2:]) == tuple(int(v) for v in size) else
+                         F.interpolate(s[None], size=tuple(int(v) for v in size), mode="bilinear",
+                                       align_corners=False)[0]
+                         for s, size in zip(per_image, sizes)]
+        return [{self.output_key: s} for s in per_image]
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor | Sequence[torch.Tensor],
                       names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
