@@ -575,3 +575,20 @@ def test_eval_scores_are_resized_to_each_images_original_size():
     expected = nn.functional.interpolate(scores[:1], size=(50, 70), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(out[0]["sem_seg"], expected)
     torch.testing.assert_close(out[1]["sem_seg"], scores[1])
+
+
+def test_bf16_autocast_trains_with_fp32_losses_and_predicts_fp32_scores():
+    model = _segmentor().train()
+    labels = _label_maps()
+    images = _images(labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model({"image": images, "sem_seg": labels})
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model({"image": images})["sem_seg"]
+        full = model({"image": images})["sem_seg"]
+    assert low.dtype == torch.float32
+    assert (low.argmax(1) == full.argmax(1)).float().mean() > 0.95

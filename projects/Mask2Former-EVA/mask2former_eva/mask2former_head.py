@@ -23,8 +23,10 @@ def semantic_inference(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> t
     Returns:
         ``[B, K, H, W]`` scores (argmax over ``K`` is the label map).
     """
-    probs = pred_logits.float().softmax(-1)[..., :-1]
-    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.float().sigmoid())
+    # fp32 even under autocast: bf16 scores would tie classes whose scores differ by < 1% (argmax flips)
+    with torch.autocast(device_type=pred_masks.device.type, enabled=False):
+        probs = pred_logits.float().softmax(-1)[..., :-1]
+        return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.float().sigmoid())
 
 
 class Mask2FormerHead(nn.Module):
