@@ -341,9 +341,14 @@ def test_eval_only_writes_a_coco_results_json_that_pycocotools_loads(toy_world, 
     assert (out / "config_eval.yaml").is_file()
 
 
-def test_toy_lvis_recipe_trains_with_federated_loss_and_repeat_factor_sampling(tmp_path):
+def test_toy_lvis_recipe_fine_tunes_a_coco_detector_with_federated_loss_and_repeat_factor_sampling(tmp_path):
+    """As COCO / LVIS fine-tuning from the Objects365 model: the other class count's predictors are
+    reported as shape mismatches and start from scratch; everything else loads and training runs."""
     from eva_core.data.toy_world import make_lvis
 
+    coco_detector = _toy_detector(num_classes=5)
+    init = tmp_path / "toy_coco_detector.pth"
+    torch.save({"model": coco_detector.state_dict()}, init)
     paths = make_lvis(tmp_path / "tw", num_train=40, num_val=4, img_size=128, seed=0, num_colors=4)
     out = tmp_path / "run"
     results = _run_tool_in_process(
@@ -353,8 +358,11 @@ def test_toy_lvis_recipe_trains_with_federated_loss_and_repeat_factor_sampling(t
         f"dataloader.test.dataset.dicts.json_file={paths['lvis_val_json']}",
         f"dataloader.test.dataset.dicts.image_root={paths['lvis_val_images']}",
         "dataloader.train.total_batch_size=2", "train.max_iter=1", "train.eval_period=1",
-        "train.checkpointer.period=1", "lr_multiplier.warmup_iters=0", f"train.output_dir={out}")
-    assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
+        "train.checkpointer.period=1", "lr_multiplier.warmup_iters=0", f"train.init_checkpoint={init}",
+        f"train.output_dir={out}")
+    assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"]) and {"AP", "APr"} <= set(results["segm"])
+    log = (out / "log.txt").read_text()
+    assert "layout detectron2_detector" in log and "mismatched (8)" in log
     cfg = LazyConfig.load(out / "config.yaml")
     assert [p.use_fed_loss for p in cfg.model.roi_heads.box_predictors] == [True] * 3
     assert cfg.dataloader.train.dataset.repeat_factors.repeat_thresh == 0.001
@@ -362,6 +370,29 @@ def test_toy_lvis_recipe_trains_with_federated_loss_and_repeat_factor_sampling(t
     model = instantiate(cfg.model)
     assert model.roi_heads.box_predictor[0].cls_score.out_features == num_classes + 1
     assert model.roi_heads.box_predictor[0].fed_loss_cls_weights.shape == (num_classes,)
+    trained = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    # one step of lr 1e-3 from the COCO detector's weights, not from a fresh draw
+    start = coco_detector.state_dict()["backbone.net.blocks.1.mlp.fc2.weight"]
+    assert (trained["backbone.net.blocks.1.mlp.fc2.weight"] - start).abs().max() < 0.01
+
+
+def test_lvis_images_are_read_from_their_coco_split_folder_as_detectron2_does(tmp_path):
+    from eva_core.data.toy_world import make_lvis
+    from vitdet_eva.data import load_detection_json
+
+    paths = make_lvis(tmp_path, num_train=40, num_val=2, img_size=32, seed=0, num_colors=4)
+    data = json.loads(Path(paths["lvis_val_json"]).read_text())
+    for img in data["images"]:  # as the real LVIS v1 files: images named by their COCO url only
+        img.pop("file_name")
+        img["coco_url"] = "http://images.cocodataset.org/" + img["coco_url"]
+    url_only = tmp_path / "lvis_v1_val_url_only.json"
+    url_only.write_text(json.dumps(data))
+    coco_root = Path(paths["lvis_val_images"]).parent  # holds val2017/ (and train2017/)
+    nested = load_detection_json(url_only, coco_root)
+    assert all(Path(d["file_name"]).is_file() and Path(d["file_name"]).parent.name == "val2017"
+               for d in nested.dicts)
+    flat = load_detection_json(url_only, paths["lvis_val_images"])
+    assert [d["file_name"] for d in flat.dicts] == [d["file_name"] for d in nested.dicts]
 
 
 # ---- configs ------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The COCO LSJ loader (``coco_loader_lsj.py``) with the LVIS v1 jsons, the training set wrapped in a
 ``RepeatFactorDataset`` (t = 0.001: an image is repeated ``max over its classes of
 max(1, sqrt(t / f(c)))`` times) and the LVIS evaluator (AP, APr, APc, APf; box and mask). LVIS names
-images by their COCO url: ``image_root`` is the folder holding those files.
+images by their COCO url: ``image_root`` is the COCO folder (``<image_root>/{train2017,val2017}/<file>``,
+as detectron2 reads them; LVIS v1 val mixes images of both COCO splits).
 """
 from eva_core.config import LazyCall as L
 from eva_core.evaluation import LVISEvaluator
@@ -13,7 +14,7 @@ from .coco_loader_lsj import dataloader
 
 _train_set = dataloader.train.dataset
 _train_set.dicts.json_file = "datasets/lvis/lvis_v1_train.json"
-_train_set.dicts.image_root = "datasets/coco/train2017"
+_train_set.dicts.image_root = "datasets/coco"
 dataloader.train.dataset = L(RepeatFactorDataset)(
     dataset=_train_set,
     repeat_factors=L(repeat_factors_from_category_frequency)(dataset_dicts="${..dataset.dicts}",
@@ -21,7 +22,7 @@ dataloader.train.dataset = L(RepeatFactorDataset)(
     seed=0,
 )
 dataloader.test.dataset.dicts.json_file = "datasets/lvis/lvis_v1_val.json"
-dataloader.test.dataset.dicts.image_root = "datasets/coco/val2017"
+dataloader.test.dataset.dicts.image_root = "datasets/coco"
 # the lvis API keeps the 300 best detections per image (standard LVIS v1 scoring); fixed_ap=True
 # switches to the per-class cap of the LVIS challenge
 dataloader.evaluator = L(LVISEvaluator)(

@@ -117,8 +117,12 @@ def json_num_classes(json_file: str | os.PathLike) -> int:
 def _image_file(image_root: str, img: dict) -> str:
     if "file_name" in img:
         return os.path.join(image_root, img["file_name"])
-    # LVIS v1 names images only by their COCO url (".../train2017/000000391895.jpg")
-    return os.path.join(image_root, img["coco_url"].split("/")[-1])
+    # LVIS v1 names images only by their COCO url (".../train2017/000000391895.jpg"); its val split
+    # mixes COCO train2017 and val2017 images, so detectron2 reads them as image_root/<split>/<file>
+    # (image_root = the COCO folder); a flat folder of the files (image_root/<file>) works too
+    split_folder, name = img["coco_url"].split("/")[-2:]
+    nested = os.path.join(image_root, split_folder, name)
+    return nested if os.path.isfile(nested) else os.path.join(image_root, name)
 
 
 def _segmentation(segm: Any, height: int, width: int) -> Any:
