@@ -1,17 +1,23 @@
 #!/usr/bin/env python
-"""EVA end to end on the toy world, on CPU: data -> teacher -> MIM pre-training -> linear probe.
+"""EVA end to end on the toy world, on CPU: the paper's loop CLIP -> MIM -> EVA-CLIP, plus a linear probe.
 
 1. Toy world: the colour ImageFolder of ``eva_core.data.toy_world`` (``make_imagefolder(...,
-   label="color")``: one random shape per image, class = its colour, 8 classes).
-2. Teacher: a tiny eva_core classifier trained supervised on those labels (stands in for CLIP):
-   ``configs/classification/toy_imagefolder.py`` with the teacher architecture of
-   ``configs/pretrain/toy.py``, through ``eva_core.engine.defaults.train_from_config``.
+   label="color")``: one random shape per image, class = its colour, 8 classes) and toy caption
+   shards (``make_captions``: "a red circle and a blue square").
+2. Teacher: a tiny CLIP trained contrastively on the captions (``clip/configs/toy_clip.py`` through
+   ``eva_core.engine.defaults.train_from_config``, vision tower = the MIM encoder's architecture at
+   32 px, see ``clip.toy_stage.toy_clip_config``); its vision tower (a plain eva_core ``Eva`` state
+   dict) is the MIM teacher, as CLIP-L/14 is EVA's.
 3. MIM: ``configs/pretrain/toy.py`` through ``train_from_config``: a tiny EVA student regresses
-   the frozen teacher's patch features at block-masked positions (negative cosine).
+   the frozen CLIP vision tower's patch features at block-masked positions (negative cosine).
 4. Linear probe (``eva_core.classification.linear_probe``: frozen CLS token -> BatchNorm ->
-   Linear, SGD on cached features) of the MIM encoder, of the same encoder at random init, and of the teacher.
+   Linear, SGD on cached features) of the MIM encoder, of the same encoder at random init, and of
+   the teacher (the CLIP vision tower).
+5. Task stages: each task package's ``toy_stage.run_toy_stage`` on the MIM encoder (``TASK_STAGES``);
+   ``clip``: EVA-CLIP initialised from the MIM encoder, zero-shot top-1 on the toy colours.
 
-Writes ``results.json``, ``loss_curve.png`` and the MIM run (metrics, checkpoint) under ``--out``::
+Writes ``results.json``, ``loss_curve.png``, the teacher and MIM runs (metrics, checkpoints) and
+``stages/<name>/`` under ``--out``::
 
     python tools/eva_toy_pipeline.py --out output/eva_toy_pipeline          # about 2-4 minutes
     python tools/eva_toy_pipeline.py --out /tmp/toy --fast                  # the test's setting
@@ -19,6 +25,7 @@ Writes ``results.json``, ``loss_curve.png`` and the MIM run (metrics, checkpoint
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import time
@@ -30,8 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FULL = dict(train_per_class=100, val_per_class=25, teacher_steps=300, mim_steps=300)
-FAST = dict(train_per_class=40, val_per_class=15, teacher_steps=300, mim_steps=200)
+FULL = dict(train_per_class=100, val_per_class=25, num_captions=640, teacher_steps=300, mim_steps=300)
+FAST = dict(train_per_class=40, val_per_class=15, num_captions=320, teacher_steps=300, mim_steps=200)
+#: (name, module) of every task's toy stage: ``module.run_toy_stage(out, encoder_checkpoint,
+#: encoder_arch, seed, fast) -> {"metric", "value", "metrics", "png", "seconds"}`` (docs/DESIGN.md)
+TASK_STAGES = [("clip", "clip.toy_stage")]
+#: the MIM encoder's architecture arguments handed to the task stages
+ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 # The paper's probe head (BatchNorm1d without affine + Linear) on the CLS token concatenated with the
 # mean patch token: MIM trains only the patch tokens, so the CLS token alone under-reports what the
 # encoder learned (measured: CLS 80.8% vs CLS+mean 98.3% for the same seed-0 encoder). Trained with
@@ -53,49 +65,43 @@ def eval_dataset(root: str, image_size: int):
 
 # ----------------------------------------------------------------------------- 2. teacher
 def teacher_config(mim_cfg, world: dict, out_dir: Path, steps: int, seed: int):
-    """The toy classification recipe with the teacher architecture of the MIM recipe on the colour set.
+    """The toy EVA-CLIP recipe with the MIM encoder's architecture as vision tower (the CLIP teacher).
 
-    The data is CLIP-normalised because the MIM recipe feeds the teacher the student's
+    The captions train it; the colour val set scores it zero-shot. ``clip.toy_stage.toy_clip_config``
+    gives it CLIP normalisation, because the MIM recipe feeds the teacher the student's
     (CLIP-normalised) crops.
     """
-    from eva_core.config import LazyConfig
-    from eva_core.data import CLIP_MEAN, CLIP_STD
+    from clip.toy_stage import toy_clip_config
 
-    cfg = LazyConfig.load(str(REPO / "configs" / "classification" / "toy_imagefolder.py"))
-    cfg.model.net.name = mim_cfg.model.teacher.model
-    for key, value in mim_cfg.model.teacher.model_overrides.items():
-        cfg.model.net[key] = value
-    roots = {"train": world["imagefolder_color_train"], "test": world["imagefolder_color_val"]}
-    for split, root in roots.items():
-        dataset = cfg.dataloader[split].dataset
-        dataset.root = root
-        dataset.transform.mean, dataset.transform.std = CLIP_MEAN, CLIP_STD
-    cfg.dataloader.train.seed = seed
-    cfg.train.output_dir = str(out_dir)
-    cfg.train.max_iter = steps
-    cfg.train.eval_period = steps
-    cfg.train.checkpointer.period = 0
+    arch = {k: mim_cfg.model.encoder[k] for k in ARCH_KEYS}
+    cfg = toy_clip_config(world, out_dir, arch, steps=steps, seed=seed)
     cfg.train.device = mim_cfg.train.device
-    cfg.train.seed = seed
     return cfg
 
 
+def teacher_model_overrides(clip_model) -> dict:
+    """``EvaTeacher`` arguments that rebuild the CLIP vision tower (CLS -> norm -> projection) exactly,
+    so that its state dict loads strictly."""
+    return {k: clip_model.vision_cfg[k] for k in ARCH_KEYS} | dict(
+        num_classes=clip_model.embed_dim, global_pool="token", use_fc_norm=False,
+        use_post_transformer_norm=True)
+
+
 def train_teacher(cfg, progress):
-    """Supervised training of the teacher through the shared engine -> (classifier net, val top-1 %)."""
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
+    """Contrastive training of the CLIP teacher through the shared engine -> (EvaCLIP, zero-shot top-1 %)."""
+    from clip.toy_stage import train_toy_clip
     from eva_core.engine.hooks import CallbackHook
 
-    task = progress.add_task("teacher (supervised)", total=int(cfg.train.max_iter))
+    task = progress.add_task("teacher (CLIP)", total=int(cfg.train.max_iter))
 
     def after_step(trainer):
         latest = trainer.storage.latest()
-        if "loss_cls" in latest:
-            loss = latest["loss_cls"][0]
-            progress.update(task, advance=1, description=f"teacher (supervised) loss {loss:.3f}")
+        if "loss_clip" in latest:
+            loss = latest["loss_clip"][0]
+            progress.update(task, advance=1, description=f"teacher (CLIP) loss {loss:.3f}")
 
-    seed_all_rng(int(cfg.train.seed))  # the net's initialisation (default_setup's job in the CLI)
-    run = train_from_config(cfg, extra_hooks=[CallbackHook(after_step=after_step)], tensorboard=False)
-    return run.model.net.eval(), float(run.results["top1"])
+    run = train_toy_clip(cfg, extra_hooks=[CallbackHook(after_step=after_step)])
+    return run.model.model.eval(), float(run.results["top1"])
 
 
 # ----------------------------------------------------------------------------- 4. probe
@@ -155,7 +161,7 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
 
     from eva_core.checkpoint import save_atomic
     from eva_core.config import LazyConfig, instantiate
-    from eva_core.data.toy_world import make_imagefolder
+    from eva_core.data.toy_world import make_captions, make_imagefolder
 
     # one thread: tiny matrices gain nothing from more and lose a lot on a shared CPU
     torch.set_num_threads(threads)
@@ -171,11 +177,12 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     world = make_imagefolder(out / "toy_world", train_per_class=sizes["train_per_class"],
                              val_per_class=sizes["val_per_class"], img_size=image_size, seed=seed,
                              label="color")
+    # drawn at 64 px (shapes of 6-13 px) and resized to the towers' 32 by the transform
+    world.update(make_captions(out / "toy_world", num_images=sizes["num_captions"], img_size=64, seed=seed))
     train_set = eval_dataset(world["imagefolder_color_train"], image_size)
     val_set = eval_dataset(world["imagefolder_color_val"], image_size)
     classes = list(train_set.classes)
     num_classes = len(classes)
-    cfg.model.teacher.model_overrides.num_classes = num_classes
     timings["data_s"] = time.perf_counter() - t0
 
     losses: list = []
@@ -184,11 +191,13 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     with Progress(*columns, console=console) as progress:
         t = time.perf_counter()
         teacher_cfg = teacher_config(cfg, world, out / "teacher", sizes["teacher_steps"], seed)
-        teacher_net, teacher_top1 = train_teacher(teacher_cfg, progress)
-        teacher_path = save_atomic(teacher_net.state_dict(), out / "teacher.safetensors")
+        teacher_clip, teacher_top1 = train_teacher(teacher_cfg, progress)
+        # the vision tower alone, as a plain eva_core Eva state dict: EvaTeacher loads it strictly
+        teacher_path = save_atomic(teacher_clip.visual.state_dict(), out / "teacher.safetensors")
         timings["teacher_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        cfg.model.teacher.model_overrides = teacher_model_overrides(teacher_clip)
         cfg.dataloader.train.dataset.dataset.root = world["imagefolder_color_train"]
         cfg.dataloader.train.seed = seed
         cfg.model.teacher.checkpoint = str(teacher_path)
@@ -199,13 +208,26 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
         mim = run_mim(cfg, progress, losses)
         timings["mim_s"] = time.perf_counter() - t
 
+    # the encoder alone (Eva keys, no MIM-only mask_token): what the task stages start from
+    encoder_path = save_atomic({k: v for k, v in mim.encoder.state_dict().items() if k != "mask_token"},
+                               out / "mim_encoder.safetensors")
     t = time.perf_counter()
     torch.manual_seed(seed + 1)
     random_encoder = instantiate(cfg.model.encoder)
     accuracy = {}
-    for name, encoder in (("mim", mim.encoder), ("random_init", random_encoder), ("teacher", teacher_net)):
+    for name, encoder in (("mim", mim.encoder), ("random_init", random_encoder),
+                          ("teacher", teacher_clip.visual)):
         accuracy[name] = probe_accuracy(encoder, train_set, val_set, seed=seed)
     timings["probe_s"] = time.perf_counter() - t
+
+    arch = {k: cfg.model.encoder[k] for k in ARCH_KEYS}
+    stages = {}
+    for name, module in TASK_STAGES:
+        t = time.perf_counter()
+        stage = importlib.import_module(module)
+        stages[name] = stage.run_toy_stage(out / "stages" / name, encoder_path, dict(arch), seed=seed,
+                                           fast=fast)
+        timings[f"stage_{name}_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     save_loss_curve(losses, out / "loss_curve.png")
@@ -214,9 +236,10 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
         "probe_accuracy": accuracy,
         "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
         "losses": losses, "num_classes": num_classes, "classes": classes,
-        "num_train": len(train_set), "num_val": len(val_set),
-        "teacher_val_top1": teacher_top1 / 100.0,
+        "num_train": len(train_set), "num_val": len(val_set), "num_captions": sizes["num_captions"],
+        "teacher_zero_shot_top1": teacher_top1 / 100.0,
         "teacher_steps": sizes["teacher_steps"], "mim_steps": sizes["mim_steps"], "fast": fast,
+        "stages": stages, "encoder_checkpoint": str(encoder_path), "encoder_arch": arch,
         "timings": timings, "loss_curve": str(out / "loss_curve.png"),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -226,10 +249,17 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     table.add_column("encoder")
     table.add_column("probe top-1", justify="right")
     for name, label in (("mim", "EVA MIM pre-trained"), ("random_init", "random init"),
-                        ("teacher", "teacher (supervised)")):
+                        ("teacher", "teacher (CLIP vision tower)")):
         table.add_row(label, f"{100 * accuracy[name]:.1f}%")
     console.print(table)
-    console.print(f"MIM loss {results['loss_first']:+.3f} -> {results['loss_last']:+.3f}; "
+    stage_table = Table(title="Task stages (initialised from the MIM encoder)")
+    for column in ("task", "metric", "value", "seconds"):
+        stage_table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for name, stage in stages.items():
+        stage_table.add_row(name, stage["metric"], f"{stage['value']:.3f}", f"{stage['seconds']:.0f}")
+    console.print(stage_table)
+    console.print(f"teacher (CLIP) zero-shot top-1 {teacher_top1:.1f}%; MIM loss "
+                  f"{results['loss_first']:+.3f} -> {results['loss_last']:+.3f}; "
                   f"total {timings['total_s']:.0f} s; outputs in {out}")
     return results
 
