@@ -51,3 +51,30 @@ def build_sem_seg_test_loader(dataset, batch_size: int = 1, *, num_workers: int 
     """eva_core's finite, sharded test loader with :func:`collate_sem_seg_test`."""
     return build_test_loader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_sem_seg_test)
 
+
+
+def memory_example_batch(model, cfg, batch_size: int) -> dict[str, Any]:
+    """A training batch for eva_core's memory planner: crops of the config's size whose label maps
+    hold ``min(num_classes, 10)`` classes in vertical stripes (about ADE20K's classes per crop), so
+    the criterion sees a realistic number of target masks. The label maps are real tensors: the
+    criterion's ``unique`` and the matcher's assignment read their values."""
+    from omegaconf import OmegaConf
+
+    crop = OmegaConf.select(cfg, "dataloader.train.dataset.transform.crop_size")
+    if crop is None:
+        raise ValueError("memory planner: the config has no dataloader.train.dataset.transform.crop_size")
+    h, w = int(crop[0]), int(crop[1])
+    classes = min(int(model.num_classes), 10)
+    stripes = (torch.arange(w) * classes // w).expand(batch_size, h, w).clone()
+    return {"image": torch.empty(batch_size, 3, h, w), "sem_seg": stripes.long()}
+
+
+def _register_memory_batch() -> None:
+    from eva_core.memory import register_example_batch
+
+    from ..segmentor import EncoderDecoderMask2Former
+
+    register_example_batch(EncoderDecoderMask2Former)(memory_example_batch)
+
+
+_register_memory_batch()
