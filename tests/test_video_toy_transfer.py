@@ -5,7 +5,7 @@ The toy clips (``eva_core.data.toy_world.make_kinetics``) show one shape crossin
 is the direction. A single frame (T=1) shows a shape somewhere on the track, equally likely for every
 direction, so it cannot beat chance; 8 frames show where it goes. Both runs go through the engine
 (``train_from_config``) with ``video/configs/toy_video.py``. The clips are decoded once by
-``KineticsListDataset`` (PyAV, TSN sampling) and served from memory: decoding per step costs ~0.3 s per
+``video.data.DecodedClips`` (PyAV, TSN sampling) and served from memory: decoding per step costs ~0.3 s per
 batch of 16 on one CPU core, which would not fit the test budget.
 """
 import math
@@ -16,7 +16,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 import eva_core
 from eva_core.checkpoint import save_atomic
@@ -24,7 +23,7 @@ from eva_core.config import LazyCall as L
 from eva_core.config import LazyConfig
 from eva_core.data.toy_world import MOTIONS, make_kinetics
 from eva_core.engine.defaults import train_from_config
-from video.data import KineticsListDataset, VideoTestTransform
+from video.data import DecodedClips, OneFrameClips
 
 torch.set_num_threads(1)
 CONFIG = Path(__file__).resolve().parents[1] / "video" / "configs" / "toy_video.py"
@@ -33,50 +32,14 @@ TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE, FRAMES = 160, 32, 32, 8
 ARCH = dict(img_size=SIZE, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0)
 
 
-class DecodedClips(Dataset):
-    """The clips of a Kinetics list decoded once (PyAV, TSN centre frames), served from memory."""
-
-    def __init__(self, list_file, root, num_frames):
-        ds = KineticsListDataset(list_file, root, num_frames=num_frames, train=False,
-                                 transform=VideoTestTransform(size=SIZE, num_crops=1, resize_short=SIZE))
-        self.items = [{"video": s["video"], "label": s["label"]} for s in (ds[i] for i in range(len(ds)))]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-class OneFrame(Dataset):
-    """One frame of each decoded clip: a fresh random one per training draw, a fixed random one for val.
-
-    The clip's centre frame would not do: there the shape is at the centre of its track, which tells a
-    horizontal from a vertical motion. A uniformly drawn frame shows the shape anywhere on its track,
-    which has the same distribution for every direction.
-    """
-
-    def __init__(self, clips, train):
-        self.clips, self.train = clips, train
-        self.fixed = torch.randint(0, FRAMES, (len(clips),), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return len(self.clips)
-
-    def __getitem__(self, i):
-        item = self.clips[i]
-        k = int(torch.randint(0, FRAMES, ())) if self.train else int(self.fixed[i])
-        return {"video": item["video"][k:k + 1], "label": item["label"]}
-
-
 @pytest.fixture(scope="module")
 def toy_kinetics(tmp_path_factory):
     paths = make_kinetics(tmp_path_factory.mktemp("toy_world"), train_per_class=TRAIN_PER_CLASS,
                           val_per_class=VAL_PER_CLASS, img_size=SIZE, num_frames=FRAMES, seed=0)
     root = paths["kinetics_root"]
-    clips = (DecodedClips(paths["kinetics_train_list"], root, FRAMES),
-             DecodedClips(paths["kinetics_val_list"], root, FRAMES))
-    return {FRAMES: clips, 1: (OneFrame(clips[0], train=True), OneFrame(clips[1], train=False))}
+    clips = (DecodedClips(paths["kinetics_train_list"], root, FRAMES, SIZE),
+             DecodedClips(paths["kinetics_val_list"], root, FRAMES, SIZE))
+    return {FRAMES: clips, 1: (OneFrameClips(clips[0], train=True), OneFrameClips(clips[1], train=False))}
 
 
 @pytest.fixture(scope="module")
