@@ -23,6 +23,7 @@ from eva_core.config import LazyCall as L
 from eva_core.config import LazyConfig
 from eva_core.data.toy_world import MOTIONS, make_kinetics
 from eva_core.engine.defaults import train_from_config
+from video import create_video_model
 from video.data import DecodedClips, OneFrameClips
 
 torch.set_num_threads(1)
@@ -78,3 +79,31 @@ def test_video_eva_inflated_from_an_image_checkpoint_learns_motion_a_single_fram
     assert video_top1 > bound, numbers
     assert frame_top1 < bound, numbers
     print(numbers)
+
+
+def test_inflated_tubelet_1_model_cannot_tell_a_clip_from_its_time_reversal_until_frames_get_a_temporal_code(
+        image_checkpoint):
+    """Why tubelet 1 stays near chance at toy scale (docs/recipes/video.md#toy-world-proof).
+
+    The inflated table is the image table repeated per frame: at tubelet 1 a clip and its time reversal
+    give the same set of tokens, and joint attention + mean pooling give the same logits, so moving left
+    and moving right are the same input until training separates the frames' positions.
+    ``temporal_pos_init`` adds a sin-cos code of the frame and breaks that symmetry from the start.
+    """
+    clip = torch.randn(2, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_classes=4, num_frames=FRAMES, tubelet_size=1, **{**ARCH, "img_size": SIZE})
+    inflated = create_video_model("eva_video_tiny_patch14_224_f8", checkpoint_path=image_checkpoint,
+                                  **kwargs).eval()
+    coded = create_video_model("eva_video_tiny_patch14_224_f8", checkpoint_path=image_checkpoint,
+                               temporal_pos_init=1.0, **kwargs).eval()
+
+    def pooled(model, x):  # the head's input: the head itself starts at 0.001 scale
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    with torch.no_grad():
+        same = (pooled(inflated, clip), pooled(inflated, clip.flip(1)))
+        differ = (pooled(coded, clip), pooled(coded, clip.flip(1)))
+    gap_same, gap_coded = (same[0] - same[1]).abs().max(), (differ[0] - differ[1]).abs().max()
+    # float summation order only (~1e-7) against a real difference (~1e-3 at the 0.02-scale init)
+    assert gap_same < 1e-5 and gap_coded > 100 * max(gap_same, 1e-6), (gap_same, gap_coded)
+    torch.testing.assert_close(coded.pos_embed[:, 0], inflated.pos_embed[:, 0])  # CLS position untouched

@@ -12,6 +12,7 @@ those of the EVA-01 video release (``patch_embed.proj.weight [C, 3, t, p, p]``, 
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Sequence
 
@@ -24,7 +25,8 @@ from eva_core.layers import resample_abs_pos_embed_3d
 from eva_core.models.eva import EvaBlock
 from eva_core.models.registry import create_model, list_models, register_model
 
-__all__ = ["PatchEmbed3D", "EvaVideo", "create_video_model", "list_video_models", "VIDEO_MODEL_PREFIX"]
+__all__ = ["PatchEmbed3D", "EvaVideo", "create_video_model", "list_video_models", "temporal_sincos",
+           "VIDEO_MODEL_PREFIX"]
 
 VIDEO_MODEL_PREFIX = "eva_video_"
 
@@ -77,6 +79,16 @@ class PatchEmbed3D(nn.Module):
         grid = tuple(x.shape[2:])
         # flatten (T', H', W') in that order: frame-major tokens, as the release's pos_embed is laid out
         return x.flatten(2).transpose(1, 2), grid
+
+
+def temporal_sincos(num_slots: int, dim: int, max_period: float = 100.0) -> torch.Tensor:
+    """Sin-cos code ``[num_slots, dim]`` of the temporal token slots (transformer style: channel pairs
+    ``(sin, cos)`` of ``t * max_period ** (-2i / dim)``, periods from 2 pi to 2 pi * ``max_period`` slots)."""
+    if dim % 2:
+        raise ValueError(f"temporal_sincos: dim must be even, got {dim}")
+    freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(max_period) / dim))
+    angles = torch.arange(num_slots, dtype=torch.float32)[:, None] * freqs
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
 class EvaVideo(nn.Module):
@@ -210,6 +222,20 @@ class EvaVideo(nn.Module):
         """Recompute each block in backward (torch.utils.checkpoint, non-reentrant)."""
         self.grad_checkpointing = enable
 
+    def add_temporal_position_code(self, scale: float) -> None:
+        """Add ``scale *`` :func:`temporal_sincos` of each token's temporal slot to ``pos_embed`` (not CLS).
+
+        An inflated table is the image table repeated per frame, so at tubelet 1 every frame's tokens
+        carry the same positions and joint attention with mean pooling cannot tell a clip from its time
+        reversal (``moving_left`` from ``moving_right``); this code breaks that symmetry at the start.
+        The table stays a learned parameter; the EVA-01 release does not do this (default off in
+        :func:`create_video_model`). See docs/recipes/video.md#toy-world-proof for the measured effect.
+        """
+        t, h, w = self.token_grid
+        code = temporal_sincos(t, self.embed_dim).repeat_interleave(h * w, dim=0)
+        with torch.no_grad():
+            self.pos_embed[0, self.num_prefix_tokens:] += scale * code.to(self.pos_embed)
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -284,9 +310,14 @@ def list_video_models(pattern: str | None = None) -> list[str]:
     return [n for n in list_models(pattern) if n.startswith(VIDEO_MODEL_PREFIX)]
 
 
-def create_video_model(name: str, checkpoint_path: str | None = None, **overrides: Any) -> EvaVideo:
+def create_video_model(name: str, checkpoint_path: str | None = None, temporal_pos_init: float = 0.0,
+                       **overrides: Any) -> EvaVideo:
     """Build a registered video model; with ``checkpoint_path``, load it through :func:`load_video_checkpoint`
     (image checkpoints are inflated, video files resampled to the model's frames and size).
+
+    ``temporal_pos_init`` > 0 adds that multiple of a sin-cos code of the temporal slot to the position
+    table after loading (:meth:`EvaVideo.add_temporal_position_code`; for inflated or random tables at
+    tubelet 1, off as in the release).
 
     Raises:
         ValueError: ``name`` is not a registered video model, or an unknown override.
@@ -298,6 +329,8 @@ def create_video_model(name: str, checkpoint_path: str | None = None, **override
         from .video_layouts import load_video_checkpoint
 
         model.load_report = load_video_checkpoint(model, checkpoint_path)
+    if temporal_pos_init:
+        model.add_temporal_position_code(float(temporal_pos_init))
     return model
 
 
