@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from clip.data import online_curated_captions
-from clip.toy_stage import make_long_tailed_captions, make_toy_clip_data, run_toy_stage, toy_clip_config, \
-    train_toy_clip
+from clip.toy_stage import (make_long_tailed_captions, make_toy_clip_data, run_toy_stage, toy_clip_config,
+                            train_toy_clip)
 from eva_core.config import LazyCall as L
 from eva_core.config import instantiate
 from eva_core.data.toy_world import COLORS, SHAPES
@@ -86,8 +86,7 @@ def long_tail_runs(tmp_path_factory):
         per_class = _per_class_top1(run.model, instantiate(cfg.dataloader.test.dataset))
         runs[mode] = dict(per_class=per_class, top1=run.results["top1"] / 100.0,
                           seen=STEPS * int(cfg.dataloader.train.total_batch_size),
-                          train_size=len(run.trainer.data_loader.dataset)
-                          if hasattr(run.trainer, "data_loader") else None)
+                          train_size=len(run.trainer.data_loader.dataset))
     return runs
 
 
@@ -102,21 +101,20 @@ def test_metaclip_balanced_draws_lift_the_tail_colours_at_the_same_number_of_see
     assert raw["seen"] == curated["seen"]
     tail_raw = _mean(raw["per_class"][c] for c in TAIL)
     tail_curated = _mean(curated["per_class"][c] for c in TAIL)
-    # measured (seed 0, 300 steps): tail colours 0.25 raw -> 0.47 curated (head 0.49 -> 0.25)
+    # measured (300 steps): tail colours 0.25 raw -> 0.47 curated with seed 0 (head 0.49 -> 0.25),
+    # 0.00 -> 0.40 with seed 1 (head 0.50 -> 0.63)
     assert tail_curated > tail_raw + 0.1, (tail_raw, tail_curated)
 
 
-def test_both_long_tail_runs_learn_and_balancing_does_not_raise_the_mean_per_class_accuracy_here(
-        long_tail_runs):
-    """MetaCLIP's claim (higher mean per-class accuracy) does not hold at this toy scale: balancing
-    trades head accuracy for tail accuracy about one for one (measured, seed 0: mean per-class 37.0%
-    raw vs 36.0% curated; docs/recipes/clip.md#toy-proofs). What holds: both runs learn (well above
-    chance), and their means stay within a few points of each other."""
+def test_both_long_tail_runs_learn_zero_shot_above_chance(long_tail_runs):
+    """MetaCLIP's claim (a higher mean per-class accuracy) is not shown robustly at this toy scale:
+    measured, mean per-class 37.0% raw vs 36.0% curated with seed 0 (this test's), 25.0% vs 51.5%
+    with seed 1 (docs/recipes/clip.md#toy-proofs); the tail gain above held for both seeds. What
+    this test holds: both runs learn the colours from captions, well above chance."""
     n, p = 25 * len(COLORS), 1 / len(COLORS)
     bound = p + 5 * math.sqrt(p * (1 - p) / n)  # chance plus five binomial standard deviations
-    means = {mode: _mean(run["per_class"].values()) for mode, run in long_tail_runs.items()}
-    # the val set is balanced (25 per colour): top-1 is the mean per-class accuracy
     for mode, run in long_tail_runs.items():
-        assert math.isclose(means[mode], run["top1"], abs_tol=1e-6)
-        assert means[mode] > bound, (mode, means[mode], bound)
-    assert abs(means["curated"] - means["raw"]) < 0.1, means
+        mean = _mean(run["per_class"].values())
+        # the val set is balanced (25 per colour): top-1 is the mean per-class accuracy
+        assert math.isclose(mean, run["top1"], abs_tol=1e-6)
+        assert mean > bound, (mode, mean, bound)
