@@ -214,8 +214,19 @@ class CifarDataset(Dataset):
         return {"image": image, "label": self.targets[index], "index": int(index)}
 
 
-def _cifar(root: str | os.PathLike, transform: Callable | None = None, split: str = "test") -> BenchmarkData:
-    dataset = CifarDataset(root, transform, split)
+def _cifar(num_classes: int) -> Callable[..., BenchmarkData]:
+    def build(root: str | os.PathLike, transform: Callable | None = None,
+              split: str = "test") -> BenchmarkData:
+        dataset = CifarDataset(root, transform, split)
+        if dataset.num_classes != num_classes:
+            raise EvalSetLayoutError(f"cifar{num_classes}: {root} holds CIFAR-{dataset.num_classes} "
+                                     f"({dataset.num_classes} class names in its meta file)")
+        return _cifar_data(dataset)
+    build.__doc__ = f"CIFAR-{num_classes} python pickles under ``root``."
+    return build
+
+
+def _cifar_data(dataset: CifarDataset) -> BenchmarkData:
     return BenchmarkData(dataset, list(dataset.classes),
                          ClassificationEvaluator(topk=_topk(dataset.num_classes)))
 
@@ -335,8 +346,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "imagenet_sketch": BenchmarkSpec("IN-Ske.", 67.3, OPENAI_IMAGENET_TEMPLATES,
                                      _imagenet_family("imagenet_sketch")),
     "objectnet": BenchmarkSpec("ObjectNet", 72.3, OPENAI_IMAGENET_TEMPLATES, _imagenet_family("objectnet")),
-    "cifar10": BenchmarkSpec("CIFAR-10", 98.3, CIFAR_TEMPLATES, _cifar),
-    "cifar100": BenchmarkSpec("CIFAR-100", 88.7, CIFAR_TEMPLATES, _cifar),
+    "cifar10": BenchmarkSpec("CIFAR-10", 98.3, CIFAR_TEMPLATES, _cifar(10)),
+    "cifar100": BenchmarkSpec("CIFAR-100", 88.7, CIFAR_TEMPLATES, _cifar(100)),
     "ucf101": BenchmarkSpec("UCF-101", 76.1, UCF101_TEMPLATES, _ucf101),
     "kinetics400": BenchmarkSpec("K-400", 65.2, KINETICS_TEMPLATES, _kinetics),
     "kinetics600": BenchmarkSpec("K-600", 64.4, KINETICS_TEMPLATES, _kinetics),

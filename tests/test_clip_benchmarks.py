@@ -299,3 +299,54 @@ def test_a_tiny_eva_clip_runs_two_benchmarks_with_their_own_templates(tmp_path):
     assert results["cifar100"]["num_samples"] == 3 and set(results["cifar100"]) >= {"top1", "top5"}
     assert results["ucf101"]["num_samples"] == 2 and 0.0 <= results["ucf101"]["top1"] <= 100.0
     json.dumps(results)
+
+
+# ----------------------------------------------------------------------------- the tool
+def _eval_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_zero_shot", REPO / "tools" / "eval_zero_shot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_tool_runs_two_benchmarks_and_retrieval_and_prints_table10_with_the_paper_row(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_eva_clip("eva_clip_tiny", vision_cfg=dict(img_size=32, patch_size=8))
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    cifar = write_cifar10(tmp_path / "cifar-10-batches-py", {"test_batch": [0, 1, 2, 3, 4, 5]})
+    k400 = write_kinetics(tmp_path / "k400", ["abseiling", "air drumming"],
+                          [("aaaaaaaaaaa", 0), ("bbbbbbbbbbb", 1)])
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "im0.jpg")
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "im1.jpg")
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": [
+        {"filename": f"im{i}.jpg", "split": "test", "sentences": [{"raw": "a dark square"}, {"raw": "light"}]}
+        for i in range(2)]}))
+    (tmp_path / "suite.yaml").write_text(f"kinetics400:\n  root: {k400}\n  list_file: val.txt\n")
+    common = ["--model", "eva_clip_tiny", "--vision-cfg", "img_size=32", "patch_size=8", "--img-size", "32",
+              "--checkpoint", str(tmp_path / "tiny.pth"), "--device", "cpu", "--batch-size", "4"]
+    tool = _eval_tool()
+    assert tool.main([*common, "--benchmarks", f"cifar10={cifar}",
+                      "--benchmarks-file", str(tmp_path / "suite.yaml"),
+                      "--retrieval", f"flickr30k={tmp_path / 'dataset_flickr30k.json'}",
+                      "--output", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].split("|")[1].strip() == "Model" and table[1].split("|")[1].strip() == "EVA-CLIP (paper)"
+    paper_row = [f"{v:.1f}" for v in PAPER_EVA_CLIP_TOP1.values()] + ["75.7"]
+    assert [c.strip() for c in table[1].split("|")[2:-1]] == paper_row
+    ours = [c.strip() for c in table[2].split("|")[1:-1]]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert ours[0] == "eva_clip_tiny" and ours[7] == f"{saved['benchmarks']['cifar10']['top1']:.1f}"
+    assert ours[10] == f"{saved['benchmarks']['kinetics400']['top1']:.1f}" and ours[1] == "-"
+    assert ours[-1].endswith("(2/12)") and saved["average_top1"] == pytest.approx(
+        (saved["benchmarks"]["cifar10"]["top1"] + saved["benchmarks"]["kinetics400"]["top1"]) / 2)
+    assert saved["benchmarks"]["cifar10"]["num_samples"] == 6
+    assert saved["retrieval"]["flickr30k"]["num_texts"] == 4 and "retrieval flickr30k" in out
+    # bad input: exit status 2 and a message naming the problem
+    assert tool.main([*common, "--benchmarks", f"cifar11={cifar}"]) == 2
+    assert "unknown benchmark(s) ['cifar11']" in capsys.readouterr().err
+    assert tool.main([*common, "--benchmarks", f"cifar100={cifar}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cifar100: {cifar} holds CIFAR-10" in err

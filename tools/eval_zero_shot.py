@@ -12,6 +12,17 @@ Examples::
     python tools/eval_zero_shot.py --model eva_clip_g14 --checkpoint eva_clip_psz14.pt \\
         --data /data/imagenet/val --classnames imagenet --templates openai --img-size 224 --clip-norm
 
+    # the paper's Table 10 suite (any subset) and COCO retrieval; prints the table with the paper's row
+    python tools/eval_zero_shot.py --model eva_clip_g14 --checkpoint eva_clip_psz14.pt --img-size 224 \\
+        --clip-norm --benchmarks imagenet=/data/imagenet/val cifar100=/data/cifar-100-python \\
+        ucf101=/data/ucf101 --retrieval coco=/data/coco/dataset_coco.json --output zero_shot.json
+
+``--benchmarks`` takes ``key=root`` pairs (keys of ``clip.benchmarks.BENCHMARKS``) or
+``--benchmarks-file`` a JSON / YAML mapping ``key: root`` or ``key: {root: ..., adapter options}``;
+each set uses its own class names and templates unless ``--templates`` / ``--template`` is given.
+``--retrieval name=caption_file.json`` (Karpathy layout; images under the file's folder or
+``--retrieval-image-root name=DIR``). Layouts: ``docs/recipes/clip.md#zero-shot-benchmarks``.
+
 Checkpoints: any layout ``clip/layouts.py`` registers (released EVA-CLIP, ours, open_clip's), or a
 training checkpoint of a ``ZeroShotClassifier`` config (keys under ``model.``); every tensor of the
 model must load. Prints one ``results: {json}`` line; exit status 2 on bad input.
@@ -58,7 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vision-cfg", nargs="*", default=[], metavar="KEY=VALUE",
                         help="vision tower overrides (img_size=32 patch_size=8)")
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", required=True, help="class-folder dataset (root/<class>/<image>)")
+    parser.add_argument("--data", default=None, help="class-folder dataset (root/<class>/<image>)")
+    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="KEY=ROOT",
+                        help="Table 10 benchmarks (imagenet, imagenet_v2, ..., cifar10, ucf101, kinetics400)")
+    parser.add_argument("--benchmarks-file", default=None, help="JSON / YAML mapping key -> root or options")
+    parser.add_argument("--retrieval", nargs="*", default=[], metavar="NAME=JSON",
+                        help="Karpathy caption files (dataset_coco.json, dataset_flickr30k.json)")
+    parser.add_argument("--retrieval-image-root", nargs="*", default=[], metavar="NAME=DIR")
+    parser.add_argument("--retrieval-split", default="test")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--classnames", default=None,
                         help="'imagenet' (open_clip's 1000 names), a text file (one name per line), or "
                              "omitted: the folder names")
@@ -73,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-pickle", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.data is None and not (args.benchmarks or args.benchmarks_file or args.retrieval):
+        parser.error("give --data, --benchmarks / --benchmarks-file or --retrieval")
+    if args.data is None:
+        return run_suite(args)
 
     from clip.model import create_eva_clip
     from clip.zero_shot import (IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier,
@@ -111,6 +134,107 @@ def main(argv: Sequence[str] | None = None) -> int:
     topk = (1, 5) if len(classnames) >= 5 else (1,)
     results = inference_on_dataset(classifier, build_test_loader(data, batch_size=args.batch_size),
                                    ClassificationEvaluator(topk=topk))
+    print("results: " + json.dumps(results))
+    return 0
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{flag}: expected NAME=PATH, got {item!r}")
+        if key in out:
+            raise ValueError(f"{flag}: {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _read_mapping(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not YAML ({e})") from e
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping benchmark -> root (or options), "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def _templates(args: argparse.Namespace) -> list | None:
+    """The user's templates for every set, or None: each set's own."""
+    from clip.zero_shot import OPENAI_IMAGENET_TEMPLATES
+
+    if args.templates == "openai":
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    if args.templates is not None:
+        return json.loads(args.templates)
+    return args.template or None
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """``--benchmarks`` / ``--retrieval``: Table 10's sets and caption retrieval; prints the table."""
+    from clip.benchmarks import BENCHMARKS, TABLE10_ORDER, evaluate_benchmarks, format_table10
+    from clip.model import create_eva_clip
+    from clip.retrieval import evaluate_retrieval
+    from eva_core.checkpoint import CheckpointMismatchError
+    from eva_core.classification.datasets import EvalSetLayoutError
+    from eva_core.data import build_transform
+    from eva_core.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    try:
+        roots: dict[str, Any] = _read_mapping(args.benchmarks_file) if args.benchmarks_file else {}
+        for key, root in _pairs(args.benchmarks, "--benchmarks").items():
+            roots[key] = root
+        unknown = sorted(set(roots) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; expected keys of {list(BENCHMARKS)}")
+        captions = _pairs(args.retrieval, "--retrieval")
+        image_roots = _pairs(args.retrieval_image_root, "--retrieval-image-root")
+        stray = sorted(set(image_roots) - set(captions))
+        if stray:
+            raise ValueError(f"--retrieval-image-root names {stray}, which no --retrieval gives")
+        mean, std = (CLIP_MEAN, CLIP_STD) if args.clip_norm else (IMAGENET_MEAN, IMAGENET_STD)
+        transform = build_transform(is_train=False, img_size=args.img_size, crop_pct=args.crop_pct, mean=mean,
+                                    std=std, interpolation=args.interpolation)
+        model = create_eva_clip(args.model, vision_cfg=_parse_kv(args.vision_cfg))
+        logger.info("weights: %s", load_clip_weights(model, args.checkpoint, allow_pickle=args.allow_pickle))
+        model = model.to(args.device).eval()
+        results: dict[str, Any] = {"benchmarks": {}, "retrieval": {}}
+        if roots:
+            results["benchmarks"] = evaluate_benchmarks(model, roots, transform, templates=_templates(args),
+                                                        batch_size=args.batch_size)
+        for name, path in captions.items():
+            results["retrieval"][name] = evaluate_retrieval(model, path, transform,
+                                                            image_root=image_roots.get(name),
+                                                            split=args.retrieval_split,
+                                                            batch_size=args.batch_size)
+    except (OSError, ValueError, KeyError, CheckpointMismatchError, EvalSetLayoutError) as e:
+        print(f"eval_zero_shot: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    top1 = {k: v["top1"] for k, v in results["benchmarks"].items()}
+    ran = [k for k in TABLE10_ORDER if k in top1]
+    results["table10_top1"] = top1
+    results["average_top1"] = sum(top1[k] for k in ran) / len(ran) if ran else None
+    if top1:
+        print(f"Zero-shot top-1 (paper Table 10 layout; average over {len(ran)} of 12 sets):")
+        print(format_table10(top1, label=args.model))
+    for name, r in results["retrieval"].items():
+        print(f"retrieval {name} ({r['num_images']} images, {r['num_texts']} captions): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in r.items() if "R@" in k))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
     print("results: " + json.dumps(results))
     return 0
 
