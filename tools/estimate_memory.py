@@ -7,12 +7,18 @@ Examples::
         --num-gpus 128 --gpu-mem 40
     python tools/estimate_memory.py --config-file configs/classification/in1k_ft_560.py --num-gpus 8 \\
         model.net.grad_checkpointing=False
+    python tools/estimate_memory.py --eval --config-file \\
+        projects/ViTDet-EVA/configs/COCO/cascade_mask_rcnn_vitdet_eva_1536.py
 
 The model is built on the meta device and one training step (forward, backward, clipping,
 optimizer step) runs on fake tensors while every tensor's storage is followed
 (``eva_core.memory``; docs/memory_planner.md). Prints the memory per component at the peak,
 the peak against ``--gpu-mem`` (GiB) and, when it does not fit, switches that would make it fit as
 ready-to-paste ``key=value`` overrides, each with its own estimate.
+
+``--eval`` estimates one evaluation forward pass instead (``no_grad``, the test loader's input size,
+``--eval-batch`` images). Steps whose sizes depend on values (a detector's NMS and RoI sampling)
+take their largest size; the output then says UPPER BOUND.
 
 Exit status 2: the config, an override or ``--num-gpus`` is invalid (the message names it).
 """
@@ -41,6 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="whose optimizer defaults to simulate (cuda: foreach AdamW)")
+    parser.add_argument("--eval", action="store_true",
+                        help="estimate one evaluation forward pass (no_grad) instead of a training step")
+    parser.add_argument("--eval-batch", type=int, default=1, help="images per evaluation pass (default 1)")
     parser.add_argument("--no-suggestions", action="store_true", help="do not search for switches that fit")
     parser.add_argument("overrides", nargs="*",
                         help="config overrides key=value (as lazyconfig_train_net.py)")
@@ -59,10 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = LazyConfig.load(args.config_file)
         LazyConfig.apply_overrides(cfg, args.overrides)
-        memory.read_training_setup(cfg, args.num_gpus)
+        if not args.eval:
+            memory.read_training_setup(cfg, args.num_gpus)
     except (KeyError, ValueError, TypeError) as e:
         print(f"error: {args.config_file}: {e}", file=sys.stderr)
         return 2
+    if args.eval:
+        try:
+            report = memory.estimate_inference_memory(cfg, args.eval_batch)
+        except (KeyError, ValueError, TypeError) as e:
+            print(f"error: cannot build one evaluation pass of {args.config_file}: {e}", file=sys.stderr)
+            return 2
+        print(f"config: {args.config_file} {' '.join(args.overrides)}".rstrip())
+        print(report.format_table(gpu_mem_gib=args.gpu_mem))
+        print("not included: CUDA context, kernel workspaces and allocator fragmentation (about 0.5-2 GiB)")
+        return 0
     try:
         report = memory.estimate_training_memory(cfg, args.num_gpus, args.device)
     except (KeyError, ValueError, TypeError) as e:

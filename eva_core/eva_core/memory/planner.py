@@ -24,8 +24,12 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import importlib
+import importlib.util
+import sys
 import weakref
 from collections import Counter
 from typing import Any, Callable, Mapping
@@ -38,14 +42,25 @@ from torch.utils._pytree import tree_flatten
 __all__ = [
     "TrainingSetup", "MemoryReport", "Suggestion", "read_training_setup", "estimate_training_memory",
     "suggest_fixes", "format_suggestions", "register_example_batch", "example_batch", "build_meta_model",
-    "checkpointing_overrides", "StorageTracker", "GiB",
+    "checkpointing_overrides", "StorageTracker", "GiB", "register_planning_context", "planning_context",
+    "real_mode", "register_inference_batch", "inference_batch", "estimate_inference_memory",
+    "InferenceReport",
 ]
 
 GiB = 1024 ** 3
 
-#: Keys naming weight files in model configs. Weights do not change the memory of a step, and the
-#: files need not exist where the estimate runs, so they are cleared before the meta build.
+#: Keys naming weight files in model configs, with the value that clears them. Weights do not change
+#: the memory of a step, and the files need not exist where the estimate runs, so they are cleared
+#: before the meta build -- but only where the value IS a weight file (a path string) or a download
+#: switch (``pretrained=True``): ``Box2BoxTransform(weights=(10, 10, 5, 5))`` holds numbers, not a
+#: file, and keeps them.
 _WEIGHT_KEYS = {"checkpoint_path": None, "checkpoint": None, "weights": None, "pretrained": False}
+
+
+def _is_weight_file_value(key: str, value: Any) -> bool:
+    if key == "pretrained":
+        return value is True or isinstance(value, str)
+    return isinstance(value, str)
 
 #: Table rows, in print order, with the text shown for each category.
 CATEGORIES = {
@@ -213,6 +228,12 @@ class StorageTracker(TorchDispatchMode):
         self.timeline: list[tuple[tuple[str, int], ...]] = []
         self._records: dict[int, list] = {}  # storage key -> [nbytes, category, weakref]
         self._true_counts: dict[int, int] = {}
+        #: data-dependent ops given their largest output size (op name -> calls): the figure is then
+        #: an upper bound
+        self.upper_bound_ops: Counter = Counter()
+        self._producer: dict[int, Any] = {}  # storage key of a fake boolean from all()/any() -> op
+        #: value reads of fake booleans answered with the healthy value (op -> calls)
+        self.assumed_checks: Counter = Counter()
 
     @staticmethod
     def _key(storage: torch.UntypedStorage) -> int:
@@ -230,6 +251,7 @@ class StorageTracker(TorchDispatchMode):
             if rec is not None:
                 self.bytes[rec[1]] -= rec[0]
                 self._true_counts.pop(key, None)
+                self._producer.pop(key, None)
                 self._snapshot()
 
         self._records[key] = [nbytes, category, weakref.ref(st, _freed)]
@@ -270,35 +292,127 @@ class StorageTracker(TorchDispatchMode):
             self.timeline.append(snap)
 
     def _int_indices(self, indices: list) -> list:
-        """Boolean index tensors -> integer index tensors of the registered length."""
+        """Boolean index tensors -> integer index tensors of the known (or largest) length."""
         out = []
         for idx in indices:
             if isinstance(idx, torch.Tensor) and idx.dtype == torch.bool:
+                if not _is_fake(idx):
+                    with real_mode():  # a real mask (from the batch): its exact indices
+                        out.extend(idx.nonzero(as_tuple=True))
+                    continue
                 st = idx.untyped_storage()
                 count = self._true_counts.get(self._key(st))
                 if count is None or idx.numel() != st.nbytes():
-                    raise NotImplementedError(
-                        f"boolean-mask indexing with a {tuple(idx.shape)} mask whose number of True values "
-                        "is unknown: the output size depends on the data. Build the example batch's masks "
-                        "as real tensors (register_example_batch) so the planner can count them.")
+                    # planning mode: every element selected, the largest output the data could make
+                    count = idx.numel()
+                    self._upper_bound("boolean-mask indexing")
                 out.extend(torch.zeros(count, dtype=torch.long, device=idx.device) for _ in range(idx.ndim))
             else:
                 out.append(idx)
         return out
 
+    def _upper_bound(self, what: str) -> None:
+        self.upper_bound_ops[what] += 1
+
+    def _data_dependent(self, func, args, kwargs):
+        """Output of an op whose output size depends on fake values: its largest possible size."""
+        x = args[0]
+        if func in (torch.ops.aten.nonzero.default,):
+            self._upper_bound("nonzero")
+            return torch.empty(x.numel(), x.dim(), dtype=torch.long, device=x.device)
+        if func is torch.ops.aten.masked_select.default:
+            self._upper_bound("masked_select")
+            shape = torch.broadcast_shapes(x.shape, args[1].shape)
+            return torch.empty(int(torch.Size(shape).numel()), dtype=x.dtype, device=x.device)
+        if func is _TV_NMS:
+            self._upper_bound("nms (every box kept)")
+            return torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        # unique: every value distinct
+        self._upper_bound("unique")
+        flat = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+        outs = [flat]
+        if func is torch.ops.aten._unique2.default:
+            return_inverse = args[2] if len(args) > 2 else kwargs.get("return_inverse", False)
+            return_counts = args[3] if len(args) > 3 else kwargs.get("return_counts", False)
+            outs.append(torch.empty(x.shape if return_inverse else 0, dtype=torch.long, device=x.device))
+            outs.append(torch.empty(x.numel() if return_counts else 0, dtype=torch.long, device=x.device))
+            return tuple(outs)
+        outs.append(torch.empty(x.shape, dtype=torch.long, device=x.device))  # _unique (inverse)
+        return tuple(outs)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default,
-                    torch.ops.aten.index_put.default, torch.ops.aten._index_put_impl_.default):
-            indices = args[1]
-            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
-                args = (args[0], self._int_indices(list(indices)), *args[2:])
-        out = func(*args, **kwargs)
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if tensors and not any(_is_fake(t) for t in tensors):
+            # every input is real (label maps, class ids, masks of the example batch and what is
+            # computed from them alone): run it for real, so value-dependent sizes come out exact
+            with real_mode():
+                out = func(*args, **kwargs)
+        else:
+            if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default,
+                        torch.ops.aten.index_put.default, torch.ops.aten._index_put_impl_.default):
+                indices = args[1]
+                if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+                    args = (args[0], self._int_indices(list(indices)), *args[2:])
+            if func in _DATA_DEPENDENT:
+                out = self._data_dependent(func, args, kwargs)
+            elif (func is torch.ops.aten._local_scalar_dense.default and args[0].dtype == torch.bool
+                    and self._producer.get(self._key(args[0].untyped_storage())) in _HEALTHY_CHECKS):
+                # a sanity check of the model on its own outputs (``if not finite.all(): raise``,
+                # ``if (iou < 0).any(): raise``): it passes, as in a healthy step
+                producer = self._producer[self._key(args[0].untyped_storage())]
+                self.assumed_checks[producer.__name__] += 1
+                return _HEALTHY_CHECKS[producer]
+            elif func is torch.ops.aten._local_scalar_dense.default:
+                raise NotImplementedError(
+                    f"the model reads the value of a {tuple(args[0].shape)} {args[0].dtype} tensor computed "
+                    "from fake data (.item(), bool(), int() or a Python branch on it): the planner has no "
+                    "values. Keep the values it depends on real (integer/boolean inputs of the example "
+                    "batch stay real) or register a planning context (register_planning_context) that "
+                    "replaces the step by its largest-size version.")
+            else:
+                out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._add(t, self.category)
+                if t.numel() == 1 and t.dtype == torch.bool and func in _HEALTHY_CHECKS:
+                    self._producer[self._key(t.untyped_storage())] = func
         self._snapshot()
         return out
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def real_mode():
+    """Leave the fake mode for a moment: tensors made inside are real (for planning contexts that
+    build small real tensors, e.g. index tensors whose values decide sizes). The tracker still counts
+    them."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
+
+
+def _torchvision_nms():
+    try:
+        import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+        return torch.ops.torchvision.nms.default
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
+_TV_NMS = _torchvision_nms()
+#: Boolean reductions whose value the planner assumes when the model branches on one: the healthy answer.
+_HEALTHY_CHECKS = {torch.ops.aten.all.default: True, torch.ops.aten.any.default: False}
+#: Ops whose output size depends on the values; on fake inputs they return their largest size.
+_DATA_DEPENDENT = {torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+                   torch.ops.aten._unique2.default, torch.ops.aten._unique.default}
+if _TV_NMS is not None:
+    _DATA_DEPENDENT.add(_TV_NMS)
 
 
 # ---------------------------------------------------------------------------- example batches
@@ -318,6 +432,70 @@ def register_example_batch(model_type: type) -> Callable:
         return fn
 
     return deco
+
+
+_INFERENCE_BUILDERS: list[tuple[type, Callable]] = []
+
+
+def register_inference_batch(model_type: type) -> Callable:
+    """Register ``fn(model, cfg, batch_size) -> batch`` building one evaluation batch (the test
+    loader's size) for a model type; see :func:`estimate_inference_memory`."""
+
+    def deco(fn: Callable) -> Callable:
+        _INFERENCE_BUILDERS[:] = [(c, f) for c, f in _INFERENCE_BUILDERS if c is not model_type]
+        _INFERENCE_BUILDERS.append((model_type, fn))
+        return fn
+
+    return deco
+
+
+def inference_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> Any:
+    """One evaluation batch of ``batch_size`` for ``model`` (see :func:`register_inference_batch`).
+
+    Raises:
+        TypeError: no builder is registered for the model's type.
+    """
+    _import_package_hooks(model)
+    for cls, fn in _INFERENCE_BUILDERS:
+        if isinstance(model, cls):
+            return fn(model, cfg, batch_size)
+    raise TypeError(f"the memory planner has no evaluation batch for {type(model).__name__}; register one "
+                    "with eva_core.memory.register_inference_batch")
+
+
+_PLANNING_CONTEXTS: list[tuple[type, Callable]] = []
+
+
+def register_planning_context(model_type: type) -> Callable:
+    """Register ``fn(model, cfg) -> context manager`` active around the simulated forward pass.
+
+    For steps that read values the fake tensors do not have (a Hungarian matching in scipy, a
+    Python branch on a tensor): the context swaps them for a version whose output sizes are the
+    real ones (or their maximum) without reading values. The model's own package registers it on
+    import; eva_core imports no task package.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        _PLANNING_CONTEXTS[:] = [(c, f) for c, f in _PLANNING_CONTEXTS if c is not model_type]
+        _PLANNING_CONTEXTS.append((model_type, fn))
+        return fn
+
+    return deco
+
+
+class planning_context(contextlib.ExitStack):
+    """Every registered planning context that applies to ``model`` (see :func:`register_planning_context`)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Any):
+        super().__init__()
+        self._contexts = [fn for cls, fn in _PLANNING_CONTEXTS if isinstance(model, cls)]
+        self._model, self._cfg = model, cfg
+
+    def __enter__(self):
+        super().__enter__()
+        for fn in self._contexts:
+            self.enter_context(fn(self._model, self._cfg))
+        return self
 
 
 def _find_key(node: Any, key: str) -> Any:
@@ -375,13 +553,29 @@ def _builtin_builders() -> None:
             _BATCH_BUILDERS.append((cls, fn))
 
 
-def example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> dict:
+def _import_package_hooks(model: torch.nn.Module) -> None:
+    """Import ``<package>.memory`` of the model's top-level package when it has one.
+
+    The convention by which task packages (``vitdet_eva``, ``mask2former_eva``, ``video``) register
+    their example batches and planning contexts without eva_core naming them: the registration runs
+    on import of that module, whether the package's ``__init__`` imports it or not.
+    """
+    package = type(model).__module__.split(".")[0]
+    name = f"{package}.memory"
+    if package == "eva_core" or name in sys.modules or importlib.util.find_spec(package) is None:
+        return
+    if importlib.util.find_spec(name) is not None:
+        importlib.import_module(name)
+
+
+def example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> Any:
     """One training batch of ``batch_size`` for ``model`` (see :func:`register_example_batch`).
 
     Raises:
         TypeError: no builder is registered for the model's type.
     """
     _builtin_builders()
+    _import_package_hooks(model)
     for cls, fn in _BATCH_BUILDERS:
         if isinstance(model, cls):
             return fn(model, cfg, batch_size)
@@ -393,7 +587,8 @@ def example_batch(model: torch.nn.Module, cfg: Any, batch_size: int) -> dict:
 def _clear_weight_files(node: Any) -> None:
     if isinstance(node, DictConfig):
         for k in list(node.keys()):
-            if "_target_" in node and k in _WEIGHT_KEYS:
+            if ("_target_" in node and k in _WEIGHT_KEYS and not OmegaConf.is_missing(node, k)
+                    and _is_weight_file_value(k, node[k])):
                 node[k] = _WEIGHT_KEYS[k]
             else:
                 _clear_weight_files(node._get_node(k))
@@ -434,6 +629,9 @@ class MemoryReport:
         activation_peak_bytes: largest activation bytes alive at any point of forward/backward.
         num_params / num_trainable / num_frozen: element counts.
         grad_checkpointing: whether the model checkpoints activations.
+        upper_bound_ops: data-dependent ops (NMS, ``nonzero``, ...) that ran on fake values and were
+            given their largest output size (op -> calls); when not empty the figure is an upper
+            bound for that step (every box kept by NMS, every candidate selected).
     """
 
     setup: TrainingSetup
@@ -444,6 +642,7 @@ class MemoryReport:
     num_trainable: int
     num_frozen: int
     grad_checkpointing: bool
+    upper_bound_ops: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def peak_gib(self) -> float:
@@ -464,6 +663,10 @@ class MemoryReport:
                 lines.append(f"{label:<36}{b / 2**20:>12.1f}{b / GiB:>10.3f}")
         lines.append(f"{'peak per GPU':<36}{self.peak_bytes / 2**20:>12.1f}{self.peak_gib:>10.3f}"
                      f"  ({self.peak_bytes / 1e9:.2f} GB)")
+        if self.upper_bound_ops:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.upper_bound_ops.items()))
+            lines.append("UPPER BOUND: data-dependent selections took their largest size "
+                         f"({ops}); a real step with fewer boxes/proposals kept uses less")
         if gpu_mem_gib is not None:
             verdict = "fits" if self.peak_gib <= gpu_mem_gib else "does NOT fit"
             lines.append(f"GPU memory {gpu_mem_gib:g} GiB: {verdict} "
@@ -508,7 +711,8 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
     from eva_core.config import instantiate
 
     model = build_meta_model(cfg.model)
-    fake_mode = FakeTensorMode()
+    # real tensors (the batch's labels and what is computed from them) meet fake ones: converted
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     tracker = StorageTracker()
     half_weights = setup.engine == "deepspeed" and setup.param_dtype != torch.float32
     with fake_mode:
@@ -525,22 +729,9 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
     gc_modules = [m for m in model.modules() if getattr(m, "grad_checkpointing", False)]
 
     batch = example_batch(model, cfg, setup.batch_per_gpu)
-    true_counts = {k: int(v.sum()) for k, v in batch.items()
-                   if isinstance(v, torch.Tensor) and v.dtype == torch.bool}
     opt_cfg = copy.deepcopy(cfg.optimizer)
     with fake_mode, tracker:
-        fake_batch = {}
-        for k, v in batch.items():
-            if isinstance(v, torch.Tensor):
-                fv = fake_mode.from_tensor(v)
-                if v.is_floating_point() and half_weights:
-                    fv = fv.to(setup.param_dtype)  # DeepSpeed fp16 / bf16 feeds half-precision inputs
-                tracker.reclassify(fv, "input")
-                if v.dtype == torch.bool:
-                    tracker.set_true_count(fv, true_counts[k])
-                fake_batch[k] = fv
-            else:
-                fake_batch[k] = v
+        fake_batch = _prepare_batch(batch, fake_mode, tracker, setup.param_dtype if half_weights else None)
         tracker.track(trainable, "params")
         tracker.track(frozen_tensors, "frozen")
         if half_weights:
@@ -588,7 +779,7 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
         # a second micro-batch runs with the first one's gradients alive: enough for any accumulation
         for _ in range(min(setup.grad_accum_steps, 2)):
             tracker.category = "activations"
-            with autocast:
+            with autocast, planning_context(model, cfg):
                 out = model(fake_batch)
             loss = _sum_losses(out)
             del out
@@ -607,7 +798,35 @@ def _simulate_step(cfg: Any, setup: TrainingSetup, device_type: str) -> dict:
         model_bytes=sum(t.numel() * t.element_size()
                         for t in list(model.parameters()) + list(model.buffers())),
         grad_checkpointing=bool(gc_modules),
+        upper_bound_ops=dict(tracker.upper_bound_ops),
     )
+
+
+def _prepare_batch(obj: Any, fake_mode: Any, tracker: StorageTracker, half: torch.dtype | None) -> Any:
+    """The example batch for the simulated step: floating-point tensors (images, boxes) become fake,
+    integer and boolean tensors (labels, label maps, masks) stay real so that what the model computes
+    from them alone runs for real and value-dependent sizes come out exact. Dicts, lists, tuples and
+    plain objects holding tensors (detectron2's ``Instances`` / ``Boxes``) are copied and walked."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            out = fake_mode.from_tensor(obj)
+            if half is not None:
+                out = out.to(half)  # DeepSpeed fp16 / bf16 feeds half-precision inputs
+        else:
+            out = obj.clone()
+        tracker.reclassify(out, "input")
+        return out
+    if isinstance(obj, Mapping):
+        return type(obj)((k, _prepare_batch(v, fake_mode, tracker, half)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        items = [_prepare_batch(v, fake_mode, tracker, half) for v in obj]
+        return type(obj)(items) if not hasattr(obj, "_fields") else type(obj)(*items)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        new = copy.copy(obj)
+        for k, v in vars(obj).items():
+            setattr(new, k, _prepare_batch(v, fake_mode, tracker, half))
+        return new
+    return obj
 
 
 class _NullContext:
@@ -673,7 +892,8 @@ def estimate_training_memory(cfg: Any, num_gpus: int = 1, device_type: str = "cu
                         activation_peak_bytes=sim["activation_peak"], num_params=sim["num_params"],
                         num_trainable=sim["num_trainable"],
                         num_frozen=sim["num_params"] - sim["num_trainable"],
-                        grad_checkpointing=sim["grad_checkpointing"])
+                        grad_checkpointing=sim["grad_checkpointing"],
+                        upper_bound_ops=sim["upper_bound_ops"])
 
 
 # -------------------------------------------------------------------------------- suggestions
@@ -779,3 +999,92 @@ def format_suggestions(suggestions: list[Suggestion], gpu_mem_gib: float) -> str
         lines.append(f"  {s.report.peak_gib:8.2f} GiB  {verdict:<13} {s.description}")
         lines.append(f"      {' '.join(s.overrides)}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- inference
+@dataclasses.dataclass
+class InferenceReport:
+    """Peak memory of one evaluation forward pass (``torch.no_grad``) on one GPU.
+
+    Attributes:
+        batch_size: images per forward pass.
+        amp_dtype: autocast dtype (the config's ``train.amp``; evaluation runs under it) or None.
+        breakdown: bytes per category at the peak (``frozen``: weights and buffers, ``input``,
+            ``activations``).
+        peak_bytes: the estimate.
+        num_params: parameter count.
+        upper_bound_ops: as :attr:`MemoryReport.upper_bound_ops`.
+    """
+
+    batch_size: int
+    amp_dtype: torch.dtype | None
+    breakdown: dict[str, int]
+    peak_bytes: int
+    num_params: int
+    upper_bound_ops: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GiB
+
+    def format_table(self, gpu_mem_gib: float | None = None) -> str:
+        labels = {"frozen": "weights + buffers", "input": "input batch",
+                  "activations": "activations (no_grad: transient)"}
+        lines = [f"evaluation forward pass, batch {self.batch_size}; "
+                 f"{'autocast ' + _dtype_name(self.amp_dtype) if self.amp_dtype is not None else 'fp32'}",
+                 f"parameters: {self.num_params:,}",
+                 f"{'component':<36}{'MiB':>12}{'GiB':>10}"]
+        for cat, label in labels.items():
+            if self.breakdown.get(cat):
+                b = self.breakdown[cat]
+                lines.append(f"{label:<36}{b / 2**20:>12.1f}{b / GiB:>10.3f}")
+        lines.append(f"{'peak per GPU':<36}{self.peak_bytes / 2**20:>12.1f}{self.peak_gib:>10.3f}"
+                     f"  ({self.peak_bytes / 1e9:.2f} GB)")
+        if self.upper_bound_ops:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.upper_bound_ops.items()))
+            lines.append("UPPER BOUND: data-dependent selections took their largest size "
+                         f"({ops}); a real pass with fewer boxes kept uses less")
+        if gpu_mem_gib is not None:
+            verdict = "fits" if self.peak_gib <= gpu_mem_gib else "does NOT fit"
+            lines.append(f"GPU memory {gpu_mem_gib:g} GiB: {verdict} "
+                         f"({self.peak_gib / gpu_mem_gib * 100:.0f}% used)")
+        return "\n".join(lines)
+
+
+def estimate_inference_memory(cfg: Any, batch_size: int = 1) -> InferenceReport:
+    """Peak memory of one evaluation forward pass of ``cfg.model`` (no GPU, no real allocation).
+
+    The model runs in ``eval()`` mode under ``torch.no_grad`` and the config's autocast
+    (``train.amp``) on a batch from :func:`inference_batch`, with its planning contexts active.
+    The weights are kept in fp32, as the evaluation loop keeps them.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    batch_size = _positive_int(batch_size, "batch_size")
+    amp_enabled = _select(cfg, "train.amp.enabled", False)
+    amp = _amp_dtype(_select(cfg, "train.amp.dtype", "float16")) if amp_enabled else None
+    model = build_meta_model(cfg.model)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    tracker = StorageTracker()
+    with fake_mode:
+        _materialize_fake(model)
+    model.eval()
+    batch = inference_batch(model, cfg, batch_size)
+    with fake_mode, tracker:
+        fake_batch = _prepare_batch(batch, fake_mode, tracker, None)
+        tracker.track(list(model.parameters()) + list(model.buffers()), "frozen")
+        tracker.reset_timeline()
+        tracker.category = "activations"
+        autocast = torch.autocast("cpu", dtype=amp) if amp is not None else _NullContext()
+        with torch.no_grad(), autocast, planning_context(model, cfg):
+            out = model(fake_batch)
+        del out
+    best, best_total = {}, -1
+    for snap in tracker.timeline:
+        row = dict(snap)
+        total = sum(row.values())
+        if total > best_total:
+            best, best_total = row, total
+    return InferenceReport(batch_size=batch_size, amp_dtype=amp, breakdown=best, peak_bytes=best_total,
+                           num_params=sum(p.numel() for p in model.parameters()),
+                           upper_bound_ops=dict(tracker.upper_bound_ops))
