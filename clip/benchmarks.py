@@ -24,10 +24,10 @@ Kinetics-      a folder with ``classes.txt`` (one name per line, or ``id,name``)
                next to it or in ``videos=``). OpenAI's 28 Kinetics-700 templates.
 =============  ============================================================================
 
-Videos are scored from one frame, the middle one (TSN's centred frame with one segment), decoded
-by ``video.data`` (PyAV), as an image; an unreadable video is dropped and counted like an
-unreadable image. Table 10 scores the video sets "from the frames of the clip"; more frames per clip
-are not built here.
+Videos are decoded by ``video.data`` (PyAV) and scored from their middle frame (TSN's centred frame
+with one segment) as an image, or with ``num_frames=T`` from ``T`` frames (the centres of ``T`` equal
+segments) whose normalised embeddings are averaged (:class:`FrameAveragedCLIP`); an unreadable video
+is dropped and counted like an unreadable image.
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_pil_image, to_tensor
@@ -51,7 +53,7 @@ from .zero_shot import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, ZeroShotC
 
 __all__ = ["BenchmarkData", "BenchmarkSpec", "BENCHMARKS", "TABLE10_ORDER", "PAPER_EVA_CLIP_TOP1",
            "PAPER_EVA_CLIP_AVERAGE", "CIFAR_TEMPLATES", "UCF101_TEMPLATES", "KINETICS_TEMPLATES",
-           "CifarDataset", "MiddleFrameDataset", "ucf101_classname", "build_benchmark",
+           "CifarDataset", "VideoFramesDataset", "FrameAveragedCLIP", "ucf101_classname", "build_benchmark",
            "evaluate_benchmark", "evaluate_benchmarks", "format_table10"]
 
 # OpenAI CLIP's per-dataset prompt sets (CLIP repo, data/prompts.md); open_clip 3.3.0 ships only the
@@ -232,19 +234,23 @@ def _cifar_data(dataset: CifarDataset) -> BenchmarkData:
 
 
 # ----------------------------------------------------------------------------- videos
-class MiddleFrameDataset(Dataset):
-    """The middle frame of every video of a ``video.data.VideoClipDataset``, as an image sample.
+class VideoFramesDataset(Dataset):
+    """Frames of every video of a test-mode ``video.data.VideoClipDataset`` as an image sample.
+
+    With ``num_frames=1`` TSN's centred frame of one segment is the middle frame and ``image`` is
+    ``[3, H, W]``; with ``T`` frames (one at the centre of each of ``T`` segments) ``image`` is
+    ``[T, 3, H, W]`` and :class:`FrameAveragedCLIP` averages their embeddings.
 
     Args:
-        clips: a one-frame test-mode clip dataset (``num_frames=1, train=False``: TSN's centred
-            frame of one segment is the middle frame).
-        transform: image transform applied to the PIL frame.
+        clips: a clip dataset with ``train=False``.
+        transform: image transform applied to every PIL frame.
     """
 
     def __init__(self, clips: Dataset, transform: Callable | None = None):
-        if getattr(clips, "num_frames", 1) != 1 or getattr(clips, "train", False):
-            raise ValueError("MiddleFrameDataset needs a clip dataset with num_frames=1 and train=False")
+        if getattr(clips, "train", False):
+            raise ValueError("VideoFramesDataset needs a test-mode clip dataset (train=False)")
         self.clips, self.transform = clips, transform
+        self.num_frames = int(getattr(clips, "num_frames", 1))
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -255,9 +261,34 @@ class MiddleFrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.clips[index]  # raises UnreadableSampleError for a broken video: the loader drops it
-        frame = to_pil_image(sample.pop("video")[0].clamp(0, 1))
-        sample["image"] = self.transform(frame) if self.transform is not None else to_tensor(frame)
+        frames = [to_pil_image(f.clamp(0, 1)) for f in sample.pop("video")]
+        images = [self.transform(f) if self.transform is not None else to_tensor(f) for f in frames]
+        sample["image"] = images[0] if self.num_frames == 1 else torch.stack(images)
         return sample
+
+
+class FrameAveragedCLIP(nn.Module):
+    """A CLIP model whose ``encode_image`` also takes frame stacks ``[B, T, 3, H, W]``: the mean of the
+    frames' L2-normalised embeddings (then renormalised when asked), so a video is scored from all its
+    sampled frames. Text encoding is the wrapped model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def context_length(self) -> int:
+        return getattr(self.model, "context_length", 77)
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if image.dim() != 5:
+            return self.model.encode_image(image, normalize=normalize)
+        b, t = image.shape[:2]
+        feats = self.model.encode_image(image.flatten(0, 1), normalize=True).unflatten(0, (b, t)).mean(dim=1)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_text(text, normalize=normalize)
 
 
 def ucf101_classname(name: str) -> str:
@@ -270,7 +301,7 @@ def _first_existing(*paths: str) -> str | None:
 
 
 def _ucf101(root: str | os.PathLike, transform: Callable | None = None, split_list: str = "testlist01.txt",
-            backend: str = "pyav") -> BenchmarkData:
+            backend: str = "pyav", num_frames: int = 1) -> BenchmarkData:
     from video.data import VideoClipDataset
 
     root = str(root)
@@ -303,14 +334,14 @@ def _ucf101(root: str | os.PathLike, transform: Callable | None = None, split_li
             if folder not in index:
                 raise EvalSetLayoutError(f"{test_list}:{i}: class folder {folder!r} is not in {class_ind}")
             samples.append((os.path.join(videos, rel), index[folder]))
-    clips = VideoClipDataset(samples, num_frames=1, train=False, backend=backend)
-    return BenchmarkData(MiddleFrameDataset(clips, transform), [ucf101_classname(n) for n in folders],
+    clips = VideoClipDataset(samples, num_frames=num_frames, train=False, backend=backend)
+    return BenchmarkData(VideoFramesDataset(clips, transform), [ucf101_classname(n) for n in folders],
                          ClassificationEvaluator(topk=_topk(len(folders))))
 
 
 def _kinetics(root: str | os.PathLike, transform: Callable | None = None, *, list_file: str = "val.txt",
               classes: str = "classes.txt", videos: str | None = None, split: str | None = "validate",
-              backend: str = "pyav") -> BenchmarkData:
+              backend: str = "pyav", num_frames: int = 1) -> BenchmarkData:
     from video.data import KineticsCsvDataset, KineticsListDataset
     from video.data.kinetics722 import read_class_list
 
@@ -319,7 +350,7 @@ def _kinetics(root: str | os.PathLike, transform: Callable | None = None, *, lis
         class_file = classes if os.path.isabs(classes) else os.path.join(os.path.dirname(root), classes)
         clips = KineticsCsvDataset(root, videos or os.path.dirname(root), split=split,
                                    classes=class_file if os.path.isfile(class_file) else None,
-                                   num_frames=1, train=False, backend=backend)
+                                   num_frames=num_frames, train=False, backend=backend)
         classnames = list(clips.classes)
     else:
         class_file = classes if os.path.isabs(classes) else os.path.join(root, classes)
@@ -329,11 +360,11 @@ def _kinetics(root: str | os.PathLike, transform: Callable | None = None, *, lis
                 raise EvalSetLayoutError(f"Kinetics: {p} not found; expected {classes} (class names) and "
                                          f"{list_file} ('relative/path label' lines) in {root}, or a csv")
         classnames = read_class_list(class_file)
-        clips = KineticsListDataset(lst, videos or root, num_frames=1, train=False, backend=backend)
+        clips = KineticsListDataset(lst, videos or root, num_frames=num_frames, train=False, backend=backend)
         if max(clips.targets) >= len(classnames):
             raise EvalSetLayoutError(f"{lst}: label {max(clips.targets)} but {class_file} names "
                                      f"{len(classnames)} classes")
-    return BenchmarkData(MiddleFrameDataset(clips, transform), classnames,
+    return BenchmarkData(VideoFramesDataset(clips, transform), classnames,
                          ClassificationEvaluator(topk=_topk(len(classnames))))
 
 
@@ -384,6 +415,9 @@ def evaluate_benchmark(model: nn.Module, data: BenchmarkData, templates: Sequenc
         classifier: a :class:`ZeroShotClassifier` of the same model, class names and templates to
             reuse (its class weights are built once: the ImageNet sets share them).
     """
+    if getattr(data.dataset, "num_frames", 1) > 1 and not isinstance(model, FrameAveragedCLIP):
+        model = FrameAveragedCLIP(model)
+        classifier = None  # the cached one would encode a frame stack as one image
     if classifier is None:
         classifier = ZeroShotClassifier(model, data.classnames, templates, tokenizer)
     elif classifier.classnames != list(data.classnames):
@@ -407,6 +441,7 @@ def evaluate_benchmarks(model: nn.Module, roots: Mapping[str, Any], transform: C
     """
     results: dict[str, dict[str, Any]] = {}
     cache: dict[tuple, ZeroShotClassifier] = {}
+    model = model if isinstance(model, FrameAveragedCLIP) else FrameAveragedCLIP(model)  # any video set
     for key in [k for k in TABLE10_ORDER if k in roots] + [k for k in roots if k not in TABLE10_ORDER]:
         spec = roots[key] if isinstance(roots[key], Mapping) else {"root": roots[key]}
         if "root" not in spec:

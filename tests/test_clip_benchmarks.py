@@ -263,6 +263,23 @@ def test_kinetics_adapter_reads_a_two_video_mp4_list_with_its_class_file(tmp_pat
         build_benchmark("kinetics600", root)
 
 
+def test_video_sets_score_several_frames_by_averaging_their_embeddings(tmp_path):
+    root = tmp_path / "k600"
+    root.mkdir()
+    (root / "classes.txt").write_text("abseiling\narchery\nyoyo\n")
+    # 9 frames, 3 segments -> frames 1, 4, 7: two show class 2, the middle one shows class 1
+    values = [250] * 9
+    values[1], values[4], values[7] = 40, 20, 40
+    write_video(root / "val" / "aaaaaaaaaaa_000010_000020.mp4", values)
+    (root / "val.txt").write_text("val/aaaaaaaaaaa_000010_000020.mp4 2\n")
+    model = ColourCLIP(["abseiling", "archery", "yoyo"])
+    three = build_benchmark("kinetics600", root, ToTensor(), num_frames=3)
+    assert three.dataset[0]["image"].shape == (3, 3, 32, 32)
+    assert evaluate_benchmarks(model, {"kinetics600": {"root": str(root), "num_frames": 3}},
+                               ToTensor())["kinetics600"]["top1"] == 100.0
+    assert evaluate_benchmarks(model, {"kinetics600": str(root)}, ToTensor())["kinetics600"]["top1"] == 0.0
+
+
 def test_an_unreadable_video_is_dropped_and_counted(tmp_path):
     root = write_kinetics(tmp_path / "k700", ["abseiling", "air drumming"],
                           [("aaaaaaaaaaa", 0), ("bbbbbbbbbbb", 1)])
@@ -330,7 +347,7 @@ def test_eval_tool_runs_two_benchmarks_and_retrieval_and_prints_table10_with_the
     assert tool.main([*common, "--benchmarks", f"cifar10={cifar}",
                       "--benchmarks-file", str(tmp_path / "suite.yaml"),
                       "--retrieval", f"flickr30k={tmp_path / 'dataset_flickr30k.json'}",
-                      "--output", str(tmp_path / "out.json")]) == 0
+                      "--output", str(tmp_path / "out.json"), "--video-frames", "2"]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert table[0].split("|")[1].strip() == "Model" and table[1].split("|")[1].strip() == "EVA-CLIP (paper)"

@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Karpathy caption files (dataset_coco.json, dataset_flickr30k.json)")
     parser.add_argument("--retrieval-image-root", nargs="*", default=[], metavar="NAME=DIR")
     parser.add_argument("--retrieval-split", default="test")
+    parser.add_argument("--video-frames", type=int, default=1,
+                        help="frames per video for ucf101 / kinetics* (1: the middle frame; T: the mean "
+                             "embedding of T segment centres)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--classnames", default=None,
                         help="'imagenet' (open_clip's 1000 names), a text file (one name per line), or "
@@ -199,6 +202,12 @@ def run_suite(args: argparse.Namespace) -> int:
         unknown = sorted(set(roots) - set(BENCHMARKS))
         if unknown:
             raise ValueError(f"unknown benchmark(s) {unknown}; expected keys of {list(BENCHMARKS)}")
+        if args.video_frames < 1:
+            raise ValueError(f"--video-frames must be >= 1, got {args.video_frames}")
+        for key in [k for k in roots if k == "ucf101" or k.startswith("kinetics")]:
+            spec = dict(roots[key]) if isinstance(roots[key], dict) else {"root": roots[key]}
+            spec.setdefault("num_frames", args.video_frames)
+            roots[key] = spec
         captions = _pairs(args.retrieval, "--retrieval")
         image_roots = _pairs(args.retrieval_image_root, "--retrieval-image-root")
         stray = sorted(set(image_roots) - set(captions))
