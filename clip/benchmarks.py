@@ -49,12 +49,12 @@ from eva_core.classification.datasets import EvalSetLayoutError, build_eval_set
 from eva_core.data import build_test_loader
 from eva_core.evaluation import ClassificationEvaluator, inference_on_dataset
 
-from .zero_shot import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier
+from .zero_shot import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
 
 __all__ = ["BenchmarkData", "BenchmarkSpec", "BENCHMARKS", "TABLE10_ORDER", "PAPER_EVA_CLIP_TOP1",
            "PAPER_EVA_CLIP_AVERAGE", "CIFAR_TEMPLATES", "UCF101_TEMPLATES", "KINETICS_TEMPLATES",
            "CifarDataset", "VideoFramesDataset", "FrameAveragedCLIP", "ucf101_classname", "build_benchmark",
-           "evaluate_benchmark", "evaluate_benchmarks", "format_table10"]
+           "ZeroShotLogits", "evaluate_benchmark", "evaluate_benchmarks", "format_table10"]
 
 # OpenAI CLIP's per-dataset prompt sets (CLIP repo, data/prompts.md); open_clip 3.3.0 ships only the
 # ImageNet ones.
@@ -401,35 +401,63 @@ def build_benchmark(name: str, root: str | os.PathLike, transform: Callable | No
     return BENCHMARKS[name].build(root, transform, **kwargs)
 
 
+class ZeroShotLogits(nn.Module):
+    """Eval-only model for ``inference_on_dataset``: ``logit_scale * image_features @ class_weights``
+    with fixed, precomputed class weights (``clip.zero_shot.ZeroShotClassifier`` rebuilds its weights
+    at every eval phase, which is right during training but would rebuild the 1000 x 80 ImageNet
+    prompts for each of the six ImageNet sets)."""
+
+    def __init__(self, model: nn.Module, class_weights: torch.Tensor, logit_scale: float = 100.0):
+        super().__init__()
+        self.model, self.logit_scale = model, float(logit_scale)
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        features = self.model.encode_image(batch["image"], normalize=True)
+        return self.logit_scale * features @ self.class_weights.to(features.dtype)
+
+
+def _default_tokenizer(model: nn.Module) -> Callable:
+    import open_clip
+
+    return open_clip.SimpleTokenizer(context_length=getattr(model, "context_length", 77))
+
+
 def evaluate_benchmark(model: nn.Module, data: BenchmarkData, templates: Sequence, *,
                        tokenizer: Callable | None = None, batch_size: int = 64,
-                       classifier: ZeroShotClassifier | None = None) -> dict[str, Any]:
+                       class_weights: torch.Tensor | None = None) -> dict[str, Any]:
     """Zero-shot top-1 / top-5 (percent) of a CLIP model on one benchmark.
 
     Args:
         model: CLIP model with ``encode_image`` / ``encode_text`` (``clip.model.EvaCLIP``, open_clip).
         data: from :func:`build_benchmark`.
         templates: prompt templates for the class names.
-        tokenizer: the model's tokenizer (default: open_clip's, see :class:`ZeroShotClassifier`).
+        tokenizer: the model's tokenizer (default: open_clip's with the model's context length).
         batch_size: images per forward.
-        classifier: a :class:`ZeroShotClassifier` of the same model, class names and templates to
-            reuse (its class weights are built once: the ImageNet sets share them).
+        class_weights: ``[embed_dim, num_classes]`` from :func:`clip.zero_shot.build_zero_shot_classifier`
+            for these class names and templates, to reuse (default: built here).
     """
-    if getattr(data.dataset, "num_frames", 1) > 1 and not isinstance(model, FrameAveragedCLIP):
-        model = FrameAveragedCLIP(model)
-        classifier = None  # the cached one would encode a frame stack as one image
-    if classifier is None:
-        classifier = ZeroShotClassifier(model, data.classnames, templates, tokenizer)
-    elif classifier.classnames != list(data.classnames):
-        raise ValueError("evaluate_benchmark: the given classifier has other class names than the benchmark")
-    return inference_on_dataset(classifier, build_test_loader(data.dataset, batch_size=batch_size),
-                                data.evaluator)
+    if not isinstance(model, FrameAveragedCLIP):
+        model = FrameAveragedCLIP(model)  # a video set may hand frame stacks
+    if class_weights is None:
+        was_training = model.training
+        model.eval()  # no dropout in the text tower while the class weights are built
+        class_weights = build_zero_shot_classifier(model, tokenizer or _default_tokenizer(model),
+                                                   data.classnames, templates)
+        model.train(was_training)
+    if class_weights.shape[1] != len(data.classnames):
+        raise ValueError(f"evaluate_benchmark: {class_weights.shape[1]} class weights for "
+                         f"{len(data.classnames)} class names")
+    return inference_on_dataset(ZeroShotLogits(model, class_weights),
+                                build_test_loader(data.dataset, batch_size=batch_size), data.evaluator)
 
 
 def evaluate_benchmarks(model: nn.Module, roots: Mapping[str, Any], transform: Callable | None, *,
                         tokenizer: Callable | None = None, templates: Sequence | None = None,
                         batch_size: int = 64) -> dict[str, dict[str, Any]]:
-    """Run several benchmarks; returns ``{key: {"top1", "top5", "num_samples", ...}}``.
+    """Run several benchmarks in Table 10's order; returns ``{key: {"top1", "top5", "num_samples", ...}}``.
+
+    Class weights are built once per (class names, templates): the six ImageNet sets share one build.
 
     Args:
         model: CLIP model.
@@ -440,8 +468,9 @@ def evaluate_benchmarks(model: nn.Module, roots: Mapping[str, Any], transform: C
         batch_size: images per forward.
     """
     results: dict[str, dict[str, Any]] = {}
-    cache: dict[tuple, ZeroShotClassifier] = {}
-    model = model if isinstance(model, FrameAveragedCLIP) else FrameAveragedCLIP(model)  # any video set
+    cache: dict[tuple, torch.Tensor] = {}
+    model = model if isinstance(model, FrameAveragedCLIP) else FrameAveragedCLIP(model)
+    tokenizer = tokenizer or _default_tokenizer(model)
     for key in [k for k in TABLE10_ORDER if k in roots] + [k for k in roots if k not in TABLE10_ORDER]:
         spec = roots[key] if isinstance(roots[key], Mapping) else {"root": roots[key]}
         if "root" not in spec:
@@ -451,8 +480,11 @@ def evaluate_benchmarks(model: nn.Module, roots: Mapping[str, Any], transform: C
         temps = list(templates) if templates is not None else list(BENCHMARKS[key].templates)
         ident = (tuple(data.classnames), tuple(map(repr, temps)))
         if ident not in cache:
-            cache[ident] = ZeroShotClassifier(model, data.classnames, temps, tokenizer)
-        out = evaluate_benchmark(model, data, temps, batch_size=batch_size, classifier=cache[ident])
+            was_training = model.training
+            model.eval()
+            cache[ident] = build_zero_shot_classifier(model, tokenizer, data.classnames, temps)
+            model.train(was_training)
+        out = evaluate_benchmark(model, data, temps, batch_size=batch_size, class_weights=cache[ident])
         out["num_skipped"] = out.get("num_skipped", getattr(data.dataset, "num_skipped", 0))
         results[key] = out
     return results

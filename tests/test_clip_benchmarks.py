@@ -18,10 +18,11 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from clip.benchmarks import (BENCHMARKS, CIFAR_TEMPLATES, KINETICS_TEMPLATES, PAPER_EVA_CLIP_AVERAGE,
-                             PAPER_EVA_CLIP_TOP1, TABLE10_ORDER, UCF101_TEMPLATES, build_benchmark,
-                             evaluate_benchmarks, format_table10, ucf101_classname)
-from clip.model import create_eva_clip
-from clip.zero_shot import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+                             PAPER_EVA_CLIP_TOP1, TABLE10_ORDER, UCF101_TEMPLATES, ZeroShotLogits,
+                             build_benchmark, evaluate_benchmarks, format_table10, ucf101_classname)
+from clip.model import create_eva_clip, get_tokenizer
+from clip.zero_shot import (IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, ZeroShotClassifier,
+                            build_zero_shot_classifier)
 from eva_core.classification.datasets import EvalSetLayoutError, imagenet_classes
 from video.data.datasets import tsn_indices
 
@@ -237,6 +238,37 @@ def test_imagenet_family_adapters_use_open_clips_1000_names_and_each_sets_scorin
         build_benchmark("imagenet_sketch", tmp_path / "val")
 
 
+class CountingCLIP(nn.Module):
+    """Random embeddings; counts the text-tower calls."""
+
+    context_length = 77
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.text_calls = 0
+
+    def encode_image(self, image, normalize=False):
+        return F.normalize(image.flatten(1)[:, :8] + 1.0, dim=-1)
+
+    def encode_text(self, text, normalize=False):
+        self.text_calls += 1
+        return F.normalize(text[:, :8].float() + 1.0, dim=-1)
+
+
+def test_imagenet_sets_share_one_set_of_class_weights(tmp_path):
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "val" / imagenet_classes()[3]).mkdir(parents=True)
+    img.save(tmp_path / "val" / imagenet_classes()[3] / "a.png")
+    (tmp_path / "v2" / "3").mkdir(parents=True)
+    img.save(tmp_path / "v2" / "3" / "a.png")
+    model = CountingCLIP()
+    roots = {"imagenet_v2": str(tmp_path / "v2"), "imagenet": str(tmp_path / "val")}
+    results = evaluate_benchmarks(model, roots, ToTensor(), templates=["a photo of a {}."])
+    assert list(results) == ["imagenet", "imagenet_v2"]  # Table 10's order, whatever the input order
+    assert model.text_calls == 100  # 1000 classes, 10 per forward, built once for both sets
+
+
 # ----------------------------------------------------------------------------- videos
 def test_ucf101_adapter_reads_classind_and_testlist_and_scores_the_middle_frame(tmp_path):
     root = write_ucf101(tmp_path / "ucf", [("g01_c01", 1), ("g02_c01", 2)])
@@ -316,6 +348,14 @@ def test_a_tiny_eva_clip_runs_two_benchmarks_with_their_own_templates(tmp_path):
     assert results["cifar100"]["num_samples"] == 3 and set(results["cifar100"]) >= {"top1", "top5"}
     assert results["ucf101"]["num_samples"] == 2 and 0.0 <= results["ucf101"]["top1"] <= 100.0
     json.dumps(results)
+    # the suite's fixed-weight logits are the training-time ZeroShotClassifier's
+    data = build_benchmark("cifar100", roots["cifar100"], ToTensor())
+    batch = {"image": torch.stack([data.dataset[i]["image"] for i in range(3)])}
+    with torch.no_grad():
+        reference = ZeroShotClassifier(model, data.classnames, CIFAR_TEMPLATES).eval()(batch)
+        weights = build_zero_shot_classifier(model, get_tokenizer(), data.classnames, CIFAR_TEMPLATES)
+        ours = ZeroShotLogits(model, weights).eval()(batch)
+    assert torch.allclose(ours, reference, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the tool
