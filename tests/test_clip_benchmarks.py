@@ -295,6 +295,23 @@ def test_kinetics_adapter_reads_a_two_video_mp4_list_with_its_class_file(tmp_pat
         build_benchmark("kinetics600", root)
 
 
+def test_kinetics_adapter_reads_an_official_csv_with_clips_next_to_it(tmp_path):
+    root = tmp_path / "k700"
+    root.mkdir()
+    rows = [("air drumming", "bbbbbbbbbbb", 1), ("abseiling", "aaaaaaaaaaa", 0),
+            ("abseiling", "ccccccccccc", 0)]
+    lines = ["label,youtube_id,time_start,time_end,split"]
+    for i, (label, yid, colour) in enumerate(rows):
+        class_video(root / f"{yid}_000010_000020.mp4", colour)
+        lines.append(f"{label},{yid},10,20,{'train' if i == 2 else 'validate'}")
+    (root / "validate.csv").write_text("\n".join(lines) + "\n")
+    data = build_benchmark("kinetics700", root / "validate.csv", ToTensor())
+    assert data.classnames == ["abseiling", "air drumming"] and len(data.dataset) == 2  # validate rows only
+    result = evaluate_benchmarks(ColourCLIP(data.classnames), {"kinetics700": str(root / "validate.csv")},
+                                 ToTensor())["kinetics700"]
+    assert result["top1"] == 100.0 and result["num_samples"] == 2
+
+
 def test_video_sets_score_several_frames_by_averaging_their_embeddings(tmp_path):
     root = tmp_path / "k600"
     root.mkdir()
