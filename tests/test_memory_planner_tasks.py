@@ -12,6 +12,9 @@ objects per image the samplers fill their quotas (256 anchors, ``batch_size_per_
 foreground cap of the mask head), so that real step IS at the maximum sizes and the bound must be tight.
 The segmentor's targets come from real label maps and its matching has the real size: its figure is
 exact.
+
+Neither test imports ``vitdet_eva.memory`` / ``mask2former_eva.memory``: the planner imports a model
+package's ``memory`` module itself (the registration convention), which these tests rely on.
 """
 from __future__ import annotations
 
@@ -23,11 +26,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
-import mask2former_eva.memory  # noqa: F401  (registers the segmentor's planner hooks)
-import vitdet_eva.memory  # noqa: F401  (registers the detector's planner hooks)
 from eva_core.config import LazyConfig, instantiate
-from eva_core.memory import (build_meta_model, estimate_inference_memory, estimate_training_memory,
-                             example_batch, inference_batch, planning_context, read_training_setup)
+from eva_core.memory import (build_meta_model, checkpointing_overrides, estimate_inference_memory,
+                             estimate_training_memory, example_batch, inference_batch, planning_context,
+                             read_training_setup)
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 2 ** 20
@@ -149,3 +151,8 @@ def test_detector_evaluation_estimate_is_within_5_percent_of_a_measured_pass_kee
           f"ratio {ratio:.3f}")
     assert 0.99 <= ratio <= 1.05, (measured, report.peak_bytes)
     assert report.upper_bound_ops and "UPPER BOUND" in report.format_table()
+
+
+def test_checkpointing_suggestion_switches_on_the_detector_backbones_use_act_checkpoint():
+    cfg = load(DETECTOR, DETECTOR_OVERRIDES)
+    assert checkpointing_overrides(cfg) == ["model.backbone.net.use_act_checkpoint=True"]

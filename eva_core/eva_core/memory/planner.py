@@ -562,9 +562,13 @@ def _import_package_hooks(model: torch.nn.Module) -> None:
     """
     package = type(model).__module__.split(".")[0]
     name = f"{package}.memory"
-    if package == "eva_core" or name in sys.modules or importlib.util.find_spec(package) is None:
+    if package in ("eva_core", "__main__") or name in sys.modules:
         return
-    if importlib.util.find_spec(name) is not None:
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a package without a spec (defined in a script, a test module)
+        return
+    if found:
         importlib.import_module(name)
 
 
@@ -916,7 +920,8 @@ def checkpointing_overrides(cfg: Any) -> list[str]:
     """Overrides that turn on activation checkpointing in every trained encoder of the model.
 
     Encoders are the ``create_model`` nodes of ``cfg.model`` (``grad_checkpointing`` is their
-    constructor switch); ``+`` adds the key where the config does not set it yet.
+    constructor switch); ``+`` adds the key where the config does not set it yet. Other nodes
+    whose ``grad_checkpointing`` or ``use_act_checkpoint`` is set to False are switched on too.
     """
     found: list[str] = []
 
@@ -927,6 +932,12 @@ def checkpointing_overrides(cfg: Any) -> list[str]:
             if name and name.rsplit(".", 1)[-1] == "create_model":
                 prefix = "" if "grad_checkpointing" in node else "+"
                 found.append(f"{prefix}{path}.grad_checkpointing=True")
+            else:
+                # other trained modules' own switches set off (ViTDet's ViT: use_act_checkpoint;
+                # Mask2Former's EVAAdapter: grad_checkpointing)
+                for key in ("grad_checkpointing", "use_act_checkpoint"):
+                    if key in node and node.get(key) is False:
+                        found.append(f"{path}.{key}=True")
             for k in node.keys():
                 if k != "_target_":
                     walk(node._get_node(k), f"{path}.{k}")
