@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -156,3 +158,13 @@ def test_detector_evaluation_estimate_is_within_5_percent_of_a_measured_pass_kee
 def test_checkpointing_suggestion_switches_on_the_detector_backbones_use_act_checkpoint():
     cfg = load(DETECTOR, DETECTOR_OVERRIDES)
     assert checkpointing_overrides(cfg) == ["model.backbone.net.use_act_checkpoint=True"]
+
+
+def test_cli_eval_prints_the_upper_bound_and_rejects_a_zero_batch():
+    base = [sys.executable, str(REPO / "tools/estimate_memory.py"), "--eval",
+            "--config-file", str(REPO / DETECTOR), "model.roi_heads.num_classes=3"]
+    ok = subprocess.run(base, capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    assert "evaluation forward pass, batch 1" in ok.stdout and "UPPER BOUND" in ok.stdout
+    bad = subprocess.run(base + ["--eval-batch", "0"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "batch_size=0" in bad.stderr, bad.stderr
