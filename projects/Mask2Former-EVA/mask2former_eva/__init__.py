@@ -14,9 +14,14 @@ from .mask2former_head import Mask2FormerHead, semantic_inference
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .segmentor import EncoderDecoderMask2Former, build_criterion, semantic_targets
 from .transformer_decoder import MaskedAttentionDecoder
+from .data import (SegTestTransform, SegTrainTransform, SemSegDataset, ade20k_dataset, coco_stuff164k_dataset,
+                   custom_sem_seg_dataset)
+from .visualize import colorize, overlay, save_label_png, save_overlay
 
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention", "HungarianMatcher", "SetCriterion",
            "mask2former_weight_dict", "EVAAdapter", "SpatialPriorModule", "InteractionBlock", "Injector",
            "Extractor", "ConvFFN", "AdapterDeformAttn", "deform_inputs",
            "MSDeformAttnPixelDecoder", "MaskedAttentionDecoder", "Mask2FormerHead", "semantic_inference",
-           "EncoderDecoderMask2Former", "build_criterion", "semantic_targets"]
+           "EncoderDecoderMask2Former", "build_criterion", "semantic_targets",
+           "SemSegDataset", "ade20k_dataset", "coco_stuff164k_dataset", "custom_sem_seg_dataset",
+           "SegTrainTransform", "SegTestTransform", "colorize", "overlay", "save_label_png", "save_overlay"]
