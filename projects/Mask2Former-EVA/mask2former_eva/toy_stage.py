@@ -104,6 +104,9 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     for split in ("train", "test"):
         cfg.dataloader[split].dataset.root = paths["ade20k_root"]
     with torch.random.fork_rng(devices=[]):
+        # the adapter's and head's init come from the global RNG: seed it, so that runs (and the MIM /
+        # random-init arms) start from the same head and differ only in the encoder
+        torch.manual_seed(seed)
         result = train_from_config(cfg, tensorboard=False)
     metrics = dict(result.results.get("sem_seg", {}))
     if "mIoU" not in metrics:
