@@ -18,8 +18,9 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def toy_pipeline_run(tmp_path_factory):
-    """``tools/eva_toy_pipeline.py --fast`` run once per session (about 30-45 s on one core):
-    ``(output folder, CompletedProcess)``. The MIM proof and the transfer proof both read it."""
+    """``tools/eva_toy_pipeline.py --fast --stages clip`` run once per session (about 2 minutes on one
+    core): ``(output folder, CompletedProcess)``. The MIM, transfer and EVA-CLIP proofs read it; the other
+    task stages have their own tests (``tests/test_*toy_stage*.py``, ``test_vitdet_toy_proof.py``, ...)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -28,6 +29,7 @@ def toy_pipeline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eva_toy_pipeline")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
     proc = subprocess.run([sys.executable, str(repo / "tools" / "eva_toy_pipeline.py"), "--out", str(out),
-                           "--fast"], env=env, capture_output=True, text=True, timeout=600)
+                           "--fast", "--stages", "clip"], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc

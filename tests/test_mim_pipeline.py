@@ -51,3 +51,24 @@ def test_toy_pipeline_eva_clip_stage_from_the_mim_encoder_classifies_zero_shot(t
     assert stage["value"] > _chance_bound(stage["metrics"]["num_val"]), stage
     json.dumps(stage)  # the stage contract: JSON-able
     assert "Task stages" in proc.stdout and "zero_shot_top1" in proc.stdout
+
+
+def test_every_task_stage_of_the_main_job_follows_the_stage_contract():
+    """Every ``TASK_STAGES`` module: ``run_toy_stage(out, encoder_checkpoint, encoder_arch, seed, fast)``."""
+    import importlib
+    import inspect
+
+    from tools.eva_toy_pipeline import TASK_STAGES
+
+    assert [name for name, _ in TASK_STAGES] == ["detection", "segmentation", "video", "clip"]
+    for name, module in TASK_STAGES:
+        params = list(inspect.signature(importlib.import_module(module).run_toy_stage).parameters)
+        assert params == ["out", "encoder_checkpoint", "encoder_arch", "seed", "fast"], (name, params)
+
+
+def test_unknown_stage_names_are_refused_before_anything_runs(tmp_path):
+    from tools.eva_toy_pipeline import run_pipeline
+
+    with pytest.raises(ValueError, match="unknown stage.*'detectoin'.*expected names among"):
+        run_pipeline(tmp_path / "out", stages=["detectoin"])
+    assert not (tmp_path / "out" / "toy_world").exists()

@@ -13,7 +13,10 @@
 4. Linear probe (``eva_core.classification.linear_probe``: frozen CLS token -> BatchNorm ->
    Linear, SGD on cached features) of the MIM encoder, of the same encoder at random init, and of
    the teacher (the CLIP vision tower).
-5. Task stages: each task package's ``toy_stage.run_toy_stage`` on the MIM encoder (``TASK_STAGES``);
+5. Task stages: each task package's ``toy_stage.run_toy_stage`` on the MIM encoder (``TASK_STAGES``):
+   ``detection``: ViTDet-EVA Cascade Mask R-CNN on toy COCO (box / mask AP50, a PNG of detections);
+   ``segmentation``: ViT-Adapter + Mask2Former on toy ADE20K (mIoU, a colourised PNG);
+   ``video``: the encoder inflated to a video EVA on toy Kinetics motions (top-1, beside a one-frame model);
    ``clip``: EVA-CLIP initialised from the MIM encoder, zero-shot top-1 on the toy colours.
 
 Writes ``results.json``, ``loss_curve.png``, the teacher and MIM runs (metrics, checkpoints) and
@@ -30,6 +33,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +45,8 @@ FULL = dict(train_per_class=100, val_per_class=25, num_captions=640, teacher_ste
 FAST = dict(train_per_class=40, val_per_class=15, num_captions=320, teacher_steps=300, mim_steps=200)
 #: (name, module) of every task's toy stage: ``module.run_toy_stage(out, encoder_checkpoint,
 #: encoder_arch, seed, fast) -> {"metric", "value", "metrics", "png", "seconds"}`` (docs/DESIGN.md)
-TASK_STAGES = [("clip", "clip.toy_stage")]
+TASK_STAGES = [("detection", "vitdet_eva.toy_stage"), ("segmentation", "mask2former_eva.toy_stage"),
+               ("video", "video.toy_stage"), ("clip", "clip.toy_stage")]
 #: the MIM encoder's architecture arguments handed to the task stages
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 # The paper's probe head (BatchNorm1d without affine + Linear) on the CLS token concatenated with the
@@ -153,8 +158,10 @@ def save_loss_curve(losses: list, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0) -> dict:
-    """Run the four stages; returns (and writes to ``out/results.json``) the summary."""
+def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0,
+                 stages: Sequence[str] | None = None) -> dict:
+    """Run the pipeline and the task ``stages`` (names of ``TASK_STAGES``; None: all of them);
+    returns (and writes to ``out/results.json``) the summary."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -163,6 +170,11 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     from eva_core.config import LazyConfig, instantiate
     from eva_core.data.toy_world import make_captions, make_imagefolder
 
+    known = [name for name, _ in TASK_STAGES]
+    selected = known if stages is None else list(stages)
+    unknown = [name for name in selected if name not in known]
+    if unknown:
+        raise ValueError(f"--stages: unknown stage(s) {unknown}; expected names among {known}")
     # one thread: tiny matrices gain nothing from more and lose a lot on a shared CPU
     torch.set_num_threads(threads)
     sizes = FAST if fast else FULL
@@ -221,11 +233,13 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
     timings["probe_s"] = time.perf_counter() - t
 
     arch = {k: cfg.model.encoder[k] for k in ARCH_KEYS}
-    stages = {}
+    stage_results = {}
     for name, module in TASK_STAGES:
+        if name not in selected:
+            continue
         t = time.perf_counter()
         stage = importlib.import_module(module)
-        stages[name] = stage.run_toy_stage(out / "stages" / name, encoder_path, dict(arch), seed=seed,
+        stage_results[name] = stage.run_toy_stage(out / "stages" / name, encoder_path, dict(arch), seed=seed,
                                            fast=fast)
         timings[f"stage_{name}_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -239,7 +253,7 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
         "num_train": len(train_set), "num_val": len(val_set), "num_captions": sizes["num_captions"],
         "teacher_zero_shot_top1": teacher_top1 / 100.0,
         "teacher_steps": sizes["teacher_steps"], "mim_steps": sizes["mim_steps"], "fast": fast,
-        "stages": stages, "encoder_checkpoint": str(encoder_path), "encoder_arch": arch,
+        "stages": stage_results, "encoder_checkpoint": str(encoder_path), "encoder_arch": arch,
         "timings": timings, "loss_curve": str(out / "loss_curve.png"),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -253,10 +267,12 @@ def run_pipeline(out: Path, fast: bool = False, threads: int = 1, seed: int = 0)
         table.add_row(label, f"{100 * accuracy[name]:.1f}%")
     console.print(table)
     stage_table = Table(title="Task stages (initialised from the MIM encoder)")
-    for column in ("task", "metric", "value", "seconds"):
-        stage_table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for name, stage in stages.items():
-        stage_table.add_row(name, stage["metric"], f"{stage['value']:.3f}", f"{stage['seconds']:.0f}")
+    for column in ("task", "metric", "value", "seconds", "picture"):
+        stage_table.add_column(column, justify="right" if column in ("value", "seconds") else "left")
+    for name, stage in stage_results.items():
+        picture = os.path.relpath(stage["png"], out) if stage.get("png") else "-"
+        stage_table.add_row(name, stage["metric"], f"{stage['value']:.3f}", f"{stage['seconds']:.0f}",
+                            picture)
     console.print(stage_table)
     console.print(f"teacher (CLIP) zero-shot top-1 {teacher_top1:.1f}%; MIM loss "
                   f"{results['loss_first']:+.3f} -> {results['loss_last']:+.3f}; "
@@ -270,8 +286,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--fast", action="store_true", help="smaller data and fewer steps (tests)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", nargs="*", default=None, metavar="NAME",
+                        help=f"task stages to run (default: all of {[name for name, _ in TASK_STAGES]})")
     args = parser.parse_args(argv)
-    return run_pipeline(Path(args.out), fast=args.fast, threads=args.threads, seed=args.seed)
+    return run_pipeline(Path(args.out), fast=args.fast, threads=args.threads, seed=args.seed,
+                        stages=args.stages)
 
 
 if __name__ == "__main__":
