@@ -99,3 +99,12 @@ def test_demo_refuses_a_missing_input_and_a_category_count_that_differs_from_the
                    str(tmp_path / "o"), "--categories-json", str(bad), f"train.init_checkpoint={ckpt}"])
     assert e.value.code == 2
     assert "three.json: 3 categories but the model has num_classes=5" in capsys.readouterr().err
+
+
+def test_max_drawn_keeps_the_best_scoring_detections_above_the_threshold():
+    demo = _demo_module()
+    scores = torch.tensor([0.3, 0.9, 0.05, 0.6, 0.6])
+    assert demo.drawn_indices(scores, 0.1).tolist() == [1, 3, 4, 0]
+    assert demo.drawn_indices(scores, 0.1, max_drawn=2).tolist() == [1, 3]
+    assert demo.drawn_indices(scores, 0.0, max_drawn=10).tolist() == [1, 3, 4, 0, 2]
+    assert demo.drawn_indices(scores, 0.95).tolist() == []

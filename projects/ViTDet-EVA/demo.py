@@ -128,14 +128,22 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def draw_detections(image: np.ndarray, instances, class_names: Sequence[str], threshold: float
-                    ) -> Image.Image:
-    """``image`` (uint8 ``[H, W, 3]``) with the detections scoring ``>= threshold``: masks, boxes, labels."""
+def drawn_indices(scores: torch.Tensor, threshold: float, max_drawn: int | None = None) -> torch.Tensor:
+    """Indices of the detections to draw: score ``>= threshold``, the ``max_drawn`` best (None: all)."""
+    keep = torch.nonzero(scores >= threshold).flatten()
+    keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
+    return keep if max_drawn is None else keep[:max_drawn]
+
+
+def draw_detections(image: np.ndarray, instances, class_names: Sequence[str], threshold: float,
+                    max_drawn: int | None = None) -> Image.Image:
+    """``image`` (uint8 ``[H, W, 3]``) with the detections scoring ``>= threshold`` (at most the
+    ``max_drawn`` best): masks, boxes, labels."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     canvas = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    keep = instances.scores >= threshold
-    if bool(keep.any()):
+    keep = drawn_indices(instances.scores, threshold, max_drawn)
+    if len(keep):
         inst = instances[keep]
         palette = class_colors(len(class_names))
         colors = [palette[int(c)] for c in inst.pred_classes]
@@ -147,7 +155,8 @@ def draw_detections(image: np.ndarray, instances, class_names: Sequence[str], th
 
 
 def run_demo(cfg, inputs: Sequence[str], output: str | Path, *, categories_json: str | None = None,
-             confidence_threshold: float = 0.5, image_size: int | None = None, device: str = "cpu") -> dict:
+             confidence_threshold: float = 0.5, max_drawn: int | None = None, image_size: int | None = None,
+             device: str = "cpu") -> dict:
     """Predict, write ``results.json``, ``image_ids.json`` and the PNGs; returns a summary dict.
 
     Returns:
@@ -175,10 +184,10 @@ def run_demo(cfg, inputs: Sequence[str], output: str | Path, *, categories_json:
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB"))
         png = out / f"{path.stem}.png"
-        draw_detections(image, inst, names, confidence_threshold).save(png)
+        draw_detections(image, inst, names, confidence_threshold, max_drawn).save(png)
         pngs.append(str(png))
         num_detections[str(path)] = len(inst)
-        num_drawn[str(path)] = int((inst.scores >= confidence_threshold).sum())
+        num_drawn[str(path)] = len(drawn_indices(inst.scores, confidence_threshold, max_drawn))
         logger.info(f"{path}: {len(inst)} detections, {num_drawn[str(path)]} drawn -> {png}")
     results_json = out / "results.json"
     results_json.write_text(json.dumps(results))
@@ -197,6 +206,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a COCO/LVIS json whose categories name the classes (and whose images give ids)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of a drawn detection (results.json keeps all)")
+    parser.add_argument("--max-drawn", type=int, default=None,
+                        help="draw at most this many detections per image, the best-scoring first")
     parser.add_argument("--image-size", type=int, default=None,
                         help="test resize of the longer side (default: model.backbone.square_pad)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -215,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
         summary = run_demo(cfg, args.input, args.output, categories_json=args.categories_json,
-                           confidence_threshold=args.confidence_threshold, image_size=args.image_size,
-                           device=args.device)
+                           confidence_threshold=args.confidence_threshold, max_drawn=args.max_drawn,
+                           image_size=args.image_size, device=args.device)
     except (FileNotFoundError, ValueError, UnknownConfigKeyError, ConfigFileError,
             CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
