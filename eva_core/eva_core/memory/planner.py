@@ -622,6 +622,27 @@ def _materialize_fake(model: torch.nn.Module, dtype: torch.dtype | None = None) 
 
 
 # ----------------------------------------------------------------------------------- estimate
+def _format_rows(lines: list, labels: dict, breakdown: dict, peak_bytes: int, upper_bound_ops: dict,
+                 smaller: str, gpu_mem_gib: float | None) -> str:
+    """The report table under its header ``lines``: one row per non-empty category, the peak, the
+    upper-bound note (``smaller``: what a real run keeps less of) and the fit verdict."""
+    for cat, label in labels.items():
+        if breakdown.get(cat):
+            b = breakdown[cat]
+            lines.append(f"{label:<36}{b / 2**20:>12.1f}{b / GiB:>10.3f}")
+    peak_gib = peak_bytes / GiB
+    lines.append(f"{'peak per GPU':<36}{peak_bytes / 2**20:>12.1f}{peak_gib:>10.3f}"
+                 f"  ({peak_bytes / 1e9:.2f} GB)")
+    if upper_bound_ops:
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(upper_bound_ops.items()))
+        lines.append(f"UPPER BOUND: data-dependent selections took their largest size ({ops}); a real "
+                     f"{smaller} uses less")
+    if gpu_mem_gib is not None:
+        verdict = "fits" if peak_gib <= gpu_mem_gib else "does NOT fit"
+        lines.append(f"GPU memory {gpu_mem_gib:g} GiB: {verdict} ({peak_gib / gpu_mem_gib * 100:.0f}% used)")
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass
 class MemoryReport:
     """Peak memory of one training step on one GPU.
@@ -661,21 +682,8 @@ class MemoryReport:
             f"parameters: {self.num_trainable:,} trained, {self.num_frozen:,} frozen",
             f"{'component':<36}{'MiB':>12}{'GiB':>10}",
         ]
-        for cat, label in CATEGORIES.items():
-            if self.breakdown.get(cat):
-                b = self.breakdown[cat]
-                lines.append(f"{label:<36}{b / 2**20:>12.1f}{b / GiB:>10.3f}")
-        lines.append(f"{'peak per GPU':<36}{self.peak_bytes / 2**20:>12.1f}{self.peak_gib:>10.3f}"
-                     f"  ({self.peak_bytes / 1e9:.2f} GB)")
-        if self.upper_bound_ops:
-            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.upper_bound_ops.items()))
-            lines.append("UPPER BOUND: data-dependent selections took their largest size "
-                         f"({ops}); a real step with fewer boxes/proposals kept uses less")
-        if gpu_mem_gib is not None:
-            verdict = "fits" if self.peak_gib <= gpu_mem_gib else "does NOT fit"
-            lines.append(f"GPU memory {gpu_mem_gib:g} GiB: {verdict} "
-                         f"({self.peak_gib / gpu_mem_gib * 100:.0f}% used)")
-        return "\n".join(lines)
+        return _format_rows(lines, CATEGORIES, self.breakdown, self.peak_bytes, self.upper_bound_ops,
+                            "step with fewer boxes/proposals kept", gpu_mem_gib)
 
 
 def _is_optimizer_state(t: Any) -> bool:
@@ -1045,21 +1053,8 @@ class InferenceReport:
                  f"{'autocast ' + _dtype_name(self.amp_dtype) if self.amp_dtype is not None else 'fp32'}",
                  f"parameters: {self.num_params:,}",
                  f"{'component':<36}{'MiB':>12}{'GiB':>10}"]
-        for cat, label in labels.items():
-            if self.breakdown.get(cat):
-                b = self.breakdown[cat]
-                lines.append(f"{label:<36}{b / 2**20:>12.1f}{b / GiB:>10.3f}")
-        lines.append(f"{'peak per GPU':<36}{self.peak_bytes / 2**20:>12.1f}{self.peak_gib:>10.3f}"
-                     f"  ({self.peak_bytes / 1e9:.2f} GB)")
-        if self.upper_bound_ops:
-            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.upper_bound_ops.items()))
-            lines.append("UPPER BOUND: data-dependent selections took their largest size "
-                         f"({ops}); a real pass with fewer boxes kept uses less")
-        if gpu_mem_gib is not None:
-            verdict = "fits" if self.peak_gib <= gpu_mem_gib else "does NOT fit"
-            lines.append(f"GPU memory {gpu_mem_gib:g} GiB: {verdict} "
-                         f"({self.peak_gib / gpu_mem_gib * 100:.0f}% used)")
-        return "\n".join(lines)
+        return _format_rows(lines, labels, self.breakdown, self.peak_bytes, self.upper_bound_ops,
+                            "pass with fewer boxes kept", gpu_mem_gib)
 
 
 def estimate_inference_memory(cfg: Any, batch_size: int = 1) -> InferenceReport:

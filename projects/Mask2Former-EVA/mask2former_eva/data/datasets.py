@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eva_core.data.datasets import ImageSampleDataset
+from eva_core.data.datasets import PathLabelDataset
 
 from .classes import ADE20K_CLASSES, COCO_STUFF_CLASSES
 
@@ -71,7 +71,7 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     return names
 
 
-class SemSegDataset(ImageSampleDataset):
+class SemSegDataset(PathLabelDataset):
     """Images with per-pixel label PNGs; each item is ``transform(sample)``.
 
     The sample given to the transform is ``{"image": uint8 [H, W, 3] RGB, "sem_seg": int64 [H, W]
@@ -115,8 +115,7 @@ class SemSegDataset(ImageSampleDataset):
         images = sorted(p for p in self.image_dir.iterdir() if p.name.endswith(img_suffix))
         if not images:
             raise FileNotFoundError(f"SemSegDataset: no '*{img_suffix}' image in {self.image_dir}")
-        self.samples: list[tuple[str, str]] = []
-        for image in images:
+        for image in images:  # samples: (image path, label-map path)
             label = self.label_dir / (image.name[: -len(img_suffix)] + seg_map_suffix)
             if not label.is_file():
                 raise FileNotFoundError(f"SemSegDataset: image {image} has no label map {label}")
@@ -125,15 +124,6 @@ class SemSegDataset(ImageSampleDataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_path(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def open_image(self, index: int) -> Image.Image:
-        return Image.open(self.samples[index][0])
 
     def read_label(self, index: int, size_wh: tuple[int, int]) -> np.ndarray:
         """The label map of sample ``index`` as int64 ``[H, W]`` after the zero rule, checked."""
