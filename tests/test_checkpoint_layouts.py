@@ -173,7 +173,11 @@ def test_converter_rejects_bad_arguments_and_pickled_code(tmp_path, capsys):
         eva_core.load_checkpoint(model(), {"epoch": 3})
 
 
-def test_detectron2_vitdet_backbone_layout_and_mim_file_into_a_windowed_backbone():
+def test_detectron2_vitdet_backbone_layout_and_mim_file_into_a_windowed_backbone(monkeypatch):
+    # eva_core's own layouts only: a project imported earlier in this process may have registered more
+    # (vitdet_eva's detectron2_detector claims this file; tests/test_vitdet_model.py covers that path)
+    monkeypatch.setattr(layouts, "_LAYOUTS", {k: v for k, v in layouts._LAYOUTS.items()
+                                              if v.detect.__module__.startswith("eva_core.")})
     det_kw = dict(num_classes=0, global_pool="", class_token=False, pos_embed_cls_slot=True, use_rel_pos=True,
                   window_size=4, window_block_indexes=[0], use_post_transformer_norm=False, img_size=32)
     src = model(**det_kw)

@@ -20,7 +20,7 @@ def tiny(**kw) -> Eva:
 
 
 # ----------------------------------------------------------------------------- registry / API
-@pytest.mark.parametrize("name", eva_core.list_models())
+@pytest.mark.parametrize("name", eva_core.list_models(module="eva_core"))
 def test_every_registered_model_builds_on_meta_and_runs_tiny(name):
     with torch.device("meta"):
         big = eva_core.create_model(name)
@@ -341,3 +341,13 @@ def test_vitdet_registry_entry_has_the_reference_block_layout():
     assert globals_ == list(range(3, 40, 4))
     assert m.blocks[0].attn.rel_pos_h.shape == (31, 88) and m.blocks[3].attn.rel_pos_h.shape == (159, 88)
     assert m.pos_embed.shape == (1, 197, 1408) and m.cls_token is None and isinstance(m.norm, nn.Identity)
+
+
+def test_list_models_filters_by_the_registering_package():
+    import video  # noqa: F401  (registers the video encoders on import)
+
+    core = eva_core.list_models(module="eva_core")
+    assert "eva_giant_patch14_224" in core and not any(n.startswith("eva_video_") for n in core)
+    assert "eva_video_giant_patch14_224_f16" in eva_core.list_models(module="video")
+    assert set(core) | set(eva_core.list_models(module="video")) <= set(eva_core.list_models())
+    assert eva_core.list_models("eva_giant*", module="video") == []

@@ -106,6 +106,19 @@ def test_detectron2_checkpoint_file_loads_strictly_through_eva_core_loader(tmp_p
         assert torch.equal(got[key], sd[key]), key
 
 
+def test_a_whole_detector_file_loads_its_encoder_into_a_bare_backbone():
+    """``eva_core.load_checkpoint(vit, "eva_coco_det.pth")`` after ``import vitdet_eva``: the detector
+    layout claims the file; the loader reads the encoder from under ``backbone.net.`` and counts the rest."""
+    sd = _randomized_state_dict(_toy_width_eva_g())
+    net = _toy_width_eva_g().backbone.net
+    report = load_checkpoint(net, {"model": sd}, strict=True)
+    assert report.layout == "detectron2_detector"
+    assert len(report.loaded) == report.total == len(net.state_dict())
+    assert "110 keys outside 'backbone.net.' ignored" in report.notes, report.notes
+    torch.testing.assert_close(net.state_dict()["blocks.0.attn.rel_pos_h"],
+                               sd["backbone.net.blocks.0.attn.rel_pos_h"])
+
+
 def test_class_count_change_reports_the_predictor_shapes_as_mismatched_and_loads_the_rest():
     sd = _randomized_state_dict(_toy_width_eva_g(num_classes=80))
     target = _toy_width_eva_g(num_classes=3)

@@ -35,10 +35,16 @@ def register_model(name: str, builder: Callable[..., nn.Module], **defaults: Any
     _DEFAULTS[name] = dict(defaults)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Sorted registered names, optionally filtered by a shell-style ``pattern`` (``"eva_giant*"``)."""
+def list_models(pattern: str | None = None, module: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a shell-style ``pattern`` (``"eva_giant*"``)
+    and by the package whose builder they name (``module="eva_core"``: the core's image encoders, not
+    the ones a task package such as ``video`` registers on import)."""
     names = sorted(_MODELS)
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if module:
+        names = [n for n in names if f"{_MODELS[n].__module__}.".startswith(f"{module}.")]
+    return names
 
 
 def model_defaults(name: str) -> dict[str, Any]:
