@@ -17,11 +17,13 @@ CIFAR-10/100   the python pickles: ``cifar-10-batches-py/{data_batch_1..5,test_b
 UCF-101        ``root/UCF-101/<Class>/v_*.avi`` (or the videos in ``root``) and
                ``root/ucfTrainTestlist/{classInd.txt,testlist01.txt}`` (or the lists in ``root``).
                Class names: ``classInd.txt`` with CamelCase split (``ApplyEyeMakeup`` ->
-               ``Apply Eye Makeup``); OpenAI's 48 UCF-101 templates.
+               ``Apply Eye Makeup``; ``HandstandPushups`` -> OpenAI's ``Hand Stand Pushups``),
+               OpenAI's 101 names; OpenAI's 48 UCF-101 templates.
 Kinetics-      a folder with ``classes.txt`` (one name per line, or ``id,name``) and a
 400/600/700    ``path label`` list ``val.txt`` (paths relative to the folder), or an official csv
                (``label,youtube_id,time_start,time_end,split``; clips ``{id}_{start}_{end}.mp4``
-               next to it or in ``videos=``). OpenAI's 28 Kinetics-700 templates.
+               next to it or in ``videos=``). Names as the lists spell them (``_`` read as a space,
+               lower case: the CLIP tokenizer lowercases). OpenAI's 28 Kinetics-700 templates.
 =============  ============================================================================
 
 Videos are decoded by ``video.data`` (PyAV) and scored from their middle frame (TSN's centred frame
@@ -53,11 +55,16 @@ from .zero_shot import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, build_zer
 
 __all__ = ["BenchmarkData", "BenchmarkSpec", "BENCHMARKS", "TABLE10_ORDER", "PAPER_EVA_CLIP_TOP1",
            "PAPER_EVA_CLIP_AVERAGE", "CIFAR_TEMPLATES", "UCF101_TEMPLATES", "KINETICS_TEMPLATES",
-           "CifarDataset", "VideoFramesDataset", "FrameAveragedCLIP", "ucf101_classname", "build_benchmark",
+           "CifarDataset", "VideoFramesDataset", "FrameAveragedCLIP", "ucf101_classname",
+           "UCF101_OPENAI_SPELLING", "build_benchmark",
            "ZeroShotLogits", "evaluate_benchmark", "evaluate_benchmarks", "format_table10"]
 
-# OpenAI CLIP's per-dataset prompt sets (CLIP repo, data/prompts.md); open_clip 3.3.0 ships only the
-# ImageNet ones.
+# OpenAI CLIP's per-dataset prompt sets, word for word and in order as in openai/CLIP data/prompts.md
+# (sections CIFAR10 / CIFAR100, UCF101, Kinetics700; CLIP_benchmark's en_zeroshot_classification_templates
+# holds the same 18 CIFAR ones with ``{c}``); open_clip 3.3.0 ships only the ImageNet ones. The two
+# video sets are written as products because that is how the published lists are ordered: UCF-101 runs
+# the verb outermost, then a / the, then photo / video / example / demonstration; Kinetics runs the
+# medium outermost. ``docs/recipes/clip.md#zero-shot-benchmarks``.
 CIFAR_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.",
     "a low contrast photo of a {}.", "a high contrast photo of a {}.", "a bad photo of a {}.",
@@ -291,8 +298,17 @@ class FrameAveragedCLIP(nn.Module):
         return self.model.encode_text(text, normalize=normalize)
 
 
+#: ``classInd.txt`` names whose CamelCase split is not OpenAI's spelling (openai/CLIP data/prompts.md,
+#: UCF101): its list follows the video file names, ``v_HandStandPushups_*`` in folder ``HandstandPushups``.
+UCF101_OPENAI_SPELLING: dict[str, str] = {"HandstandPushups": "Hand Stand Pushups"}
+
+
 def ucf101_classname(name: str) -> str:
-    """``ApplyEyeMakeup`` -> ``Apply Eye Makeup`` (the spelling of CLIP's UCF-101 prompts)."""
+    """``ApplyEyeMakeup`` -> ``Apply Eye Makeup``: OpenAI CLIP's UCF-101 class names (``data/prompts.md``),
+    the CamelCase split of the ``classInd.txt`` name except the spellings of :data:`UCF101_OPENAI_SPELLING`.
+    """
+    if name in UCF101_OPENAI_SPELLING:
+        return UCF101_OPENAI_SPELLING[name]
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.replace("_", " ")).strip()
 
 

@@ -158,16 +158,86 @@ def test_paper_row_equals_the_recipe_pages_table10():
 
 
 def test_templates_are_openais_per_dataset_sets():
+    # Source: openai/CLIP data/prompts.md, sections CIFAR10 / CIFAR100 (18), UCF101 (48), Kinetics700 (28);
+    # LAION-AI/CLIP_benchmark en_zeroshot_classification_templates.json has the same 18 CIFAR ones.
+    # First, last and the entries that fix each list's nesting order, copied from those files.
     assert len(CIFAR_TEMPLATES) == 18 and CIFAR_TEMPLATES[0] == "a photo of a {}."
+    assert CIFAR_TEMPLATES[8:10] == ("a photo of a big {}.", "a photo of the {}.")
     assert CIFAR_TEMPLATES[-1] == "a photo of the big {}."
     assert len(UCF101_TEMPLATES) == 48 and UCF101_TEMPLATES[:2] == ("a photo of a person {}.",
                                                                      "a video of a person {}.")
+    assert UCF101_TEMPLATES[2] == "a example of a person {}."  # sic: OpenAI writes "a example"
+    assert UCF101_TEMPLATES[4] == "a photo of the person {}."
+    assert UCF101_TEMPLATES[8] == "a photo of a person using {}."
     assert UCF101_TEMPLATES[-1] == "a demonstration of the person practicing {}."
     assert len(KINETICS_TEMPLATES) == 28 and KINETICS_TEMPLATES[:2] == ("a photo of {}.",
                                                                          "a photo of a person {}.")
+    assert KINETICS_TEMPLATES[6:8] == ("a photo of a person practicing {}.", "a video of {}.")
+    assert KINETICS_TEMPLATES[14] == "a example of {}."
     assert KINETICS_TEMPLATES[-1] == "a demonstration of a person practicing {}."
+    assert BENCHMARKS["cifar10"].templates == BENCHMARKS["cifar100"].templates == CIFAR_TEMPLATES
+    assert BENCHMARKS["ucf101"].templates == UCF101_TEMPLATES
+    assert all(BENCHMARKS[k].templates == KINETICS_TEMPLATES for k in ("kinetics400", "kinetics600",
+                                                                        "kinetics700"))
     assert BENCHMARKS["imagenet"].templates == OPENAI_IMAGENET_TEMPLATES
     assert all(len(set(t)) == len(t) for t in (CIFAR_TEMPLATES, UCF101_TEMPLATES, KINETICS_TEMPLATES))
+
+
+# the official UCF-101 ucfTrainTestlist/classInd.txt names, in label order
+UCF101_CLASSIND = """ApplyEyeMakeup ApplyLipstick Archery BabyCrawling BalanceBeam BandMarching BaseballPitch
+Basketball BasketballDunk BenchPress Biking Billiards BlowDryHair BlowingCandles BodyWeightSquats Bowling
+BoxingPunchingBag BoxingSpeedBag BreastStroke BrushingTeeth CleanAndJerk CliffDiving CricketBowling
+CricketShot CuttingInKitchen Diving Drumming Fencing FieldHockeyPenalty FloorGymnastics FrisbeeCatch
+FrontCrawl GolfSwing Haircut Hammering HammerThrow HandstandPushups HandstandWalking HeadMassage HighJump
+HorseRace HorseRiding HulaHoop IceDancing JavelinThrow JugglingBalls JumpingJack JumpRope Kayaking Knitting
+LongJump Lunges MilitaryParade Mixing MoppingFloor Nunchucks ParallelBars PizzaTossing PlayingCello
+PlayingDaf PlayingDhol PlayingFlute PlayingGuitar PlayingPiano PlayingSitar PlayingTabla PlayingViolin
+PoleVault PommelHorse PullUps Punch PushUps Rafting RockClimbingIndoor RopeClimbing Rowing SalsaSpin
+ShavingBeard Shotput SkateBoarding Skiing Skijet SkyDiving SoccerJuggling SoccerPenalty StillRings
+SumoWrestling Surfing Swing TableTennisShot TaiChi TennisSwing ThrowDiscus TrampolineJumping Typing
+UnevenBars VolleyballSpiking WalkingWithDog WallPushups WritingOnBoard YoYo""".split()
+# openai/CLIP data/prompts.md, section UCF101, `classes` (101 names, alphabetical)
+OPENAI_UCF101_CLASSES = [
+    "Apply Eye Makeup", "Apply Lipstick", "Archery", "Baby Crawling", "Balance Beam", "Band Marching",
+    "Baseball Pitch", "Basketball", "Basketball Dunk", "Bench Press", "Biking", "Billiards", "Blow Dry Hair",
+    "Blowing Candles", "Body Weight Squats", "Bowling", "Boxing Punching Bag", "Boxing Speed Bag",
+    "Breast Stroke", "Brushing Teeth", "Clean And Jerk", "Cliff Diving", "Cricket Bowling", "Cricket Shot",
+    "Cutting In Kitchen", "Diving", "Drumming", "Fencing", "Field Hockey Penalty", "Floor Gymnastics",
+    "Frisbee Catch", "Front Crawl", "Golf Swing", "Haircut", "Hammer Throw", "Hammering",
+    "Hand Stand Pushups", "Handstand Walking", "Head Massage", "High Jump", "Horse Race", "Horse Riding",
+    "Hula Hoop", "Ice Dancing", "Javelin Throw", "Juggling Balls", "Jump Rope", "Jumping Jack", "Kayaking",
+    "Knitting", "Long Jump", "Lunges", "Military Parade", "Mixing", "Mopping Floor", "Nunchucks",
+    "Parallel Bars", "Pizza Tossing", "Playing Cello", "Playing Daf", "Playing Dhol", "Playing Flute",
+    "Playing Guitar", "Playing Piano", "Playing Sitar", "Playing Tabla", "Playing Violin", "Pole Vault",
+    "Pommel Horse", "Pull Ups", "Punch", "Push Ups", "Rafting", "Rock Climbing Indoor", "Rope Climbing",
+    "Rowing", "Salsa Spin", "Shaving Beard", "Shotput", "Skate Boarding", "Skiing", "Skijet", "Sky Diving",
+    "Soccer Juggling", "Soccer Penalty", "Still Rings", "Sumo Wrestling", "Surfing", "Swing",
+    "Table Tennis Shot", "Tai Chi", "Tennis Swing", "Throw Discus", "Trampoline Jumping", "Typing",
+    "Uneven Bars", "Volleyball Spiking", "Walking With Dog", "Wall Pushups", "Writing On Board", "Yo Yo"]
+
+
+def test_ucf101_class_names_are_openais_101_names():
+    assert len(UCF101_CLASSIND) == len(OPENAI_UCF101_CLASSES) == 101
+    ours = [ucf101_classname(n) for n in UCF101_CLASSIND]
+    # OpenAI lists them alphabetically; ours follow classInd's label order (HammerThrow after Hammering)
+    assert sorted(ours) == sorted(OPENAI_UCF101_CLASSES)
+    assert ucf101_classname("HandstandPushups") == "Hand Stand Pushups"  # the one non-CamelCase spelling
+    assert ucf101_classname("HandstandWalking") == "Handstand Walking"
+
+
+def test_cifar_and_kinetics_class_names_match_openais_up_to_the_tokenizers_lower_case(tmp_path):
+    # CIFAR-100: openai/CLIP data/prompts.md lists the meta pickle's fine names with "_" as a space
+    data = build_benchmark("cifar100", write_cifar100(tmp_path / "c100"))
+    assert data.classnames[98:] == ["aquarium fish", "maple tree"]
+    # Kinetics: OpenAI's Kinetics700 `classes` are the annotation labels; our lists read them lower-cased
+    # with "_" as a space, which the CLIP tokenizer cannot tell apart (it lowercases the text)
+    openai = ["passing American football (in game)", "backflip (human)", "massaging person's head",
+              "bouncing ball (not juggling)"]
+    root = write_kinetics(tmp_path / "k", [n.replace(" ", "_") for n in openai], [("a", 0)])
+    names = build_benchmark("kinetics700", root).classnames
+    assert names == [n.lower() for n in openai]
+    tok = get_tokenizer(context_length=77)
+    assert torch.equal(tok(openai), tok(names))
 
 
 def test_table10_layout_prints_the_paper_row_beside_ours_with_the_average():
