@@ -1,6 +1,7 @@
 """MetaCLIP curation of a caption pool (docs/recipes/clip.md, "MetaCLIP curation").
 
-Two passes, each a map over shards (``--workers`` local processes):
+Two passes, each a map over shards (``--workers`` local processes, or ``--executor ray``: one Ray
+task per shard on the cluster at ``--ray-address``, else a local Ray instance):
 
     python tools/metaclip_curate.py count --metadata entries.json --shards 'pool/*.tar' \\
         --output-dir out/            # -> out/counts.json (per-entry counts, shard stats, skips)
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shards", required=True, nargs="+", help="shard files, globs or brace patterns")
         p.add_argument("--output-dir", required=True)
         p.add_argument("--workers", type=int, default=1, help="local worker processes (one shard per task)")
+        p.add_argument("--executor", choices=("process", "ray"), default="process",
+                       help="process: --workers local processes; ray: one Ray task per shard")
+        p.add_argument("--ray-address", default=None,
+                       help="with --executor ray: cluster to join ('auto', 'ray://host:10001'); "
+                            "default: a local Ray instance")
         p.add_argument("--text-field", default=None,
                        help="caption field/column (default: caption, else text)")
         p.add_argument("--skip-bad-shards", action="store_true",
@@ -68,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         shards = expand_shards(args.shards)
         if args.command == "count":
             counts = count_pool(shards, metadata, workers=args.workers, text_field=args.text_field,
-                                skip_bad_shards=args.skip_bad_shards)
+                                skip_bad_shards=args.skip_bad_shards, executor=args.executor,
+                                ray_address=args.ray_address)
             path = os.path.join(args.output_dir, "counts.json")
             os.makedirs(args.output_dir, exist_ok=True)
             counts.save(path, metadata)
@@ -78,9 +85,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             counts = PoolCounts.load(counts_path, metadata)
             summary = balance_pool(shards, metadata, counts, args.threshold, seed=args.seed,
                                    output_dir=args.output_dir, workers=args.workers,
-                                   text_field=args.text_field, skip_bad_shards=args.skip_bad_shards)
+                                   text_field=args.text_field, skip_bad_shards=args.skip_bad_shards,
+                                   executor=args.executor, ray_address=args.ray_address)
             result = {"summary": os.path.join(args.output_dir, "summary.json"), "totals": summary["totals"]}
-    except (MetadataError, ShardError, CountsFileError, ValueError) as e:
+    except (MetadataError, ShardError, CountsFileError, ValueError, ImportError) as e:
         print(f"metaclip_curate: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     print(json.dumps(result))

@@ -2,8 +2,10 @@
 
 Each pass is a plain per-shard function (:func:`count_shard`, :func:`balance_shard`) whose
 results merge, so a pool of any size is just more shards: :func:`count_pool` /
-:func:`balance_pool` map them over a local process pool (``workers``), and a cluster engine can
-map the same functions (a Ray integration is not part of this module).
+:func:`balance_pool` map them with an executor: a local process pool (``executor="process"``,
+``workers`` processes), Ray tasks on a cluster (``executor="ray"``: one ``ray.remote`` task of the
+same per-shard function per shard; ray is imported only then), or any callable
+``executor(fn, shards) -> results in shard order``. Every executor's results merge the same way.
 
 A shard's identity in the seeded draw is its file name (``os.path.basename``), so workers that
 mount the pool at different paths still agree; the names in one pool must therefore be unique.
@@ -16,7 +18,7 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 from clip.curation.balancing import entry_probabilities, keep_text
 from clip.curation.matching import SubstringMatcher
@@ -25,7 +27,7 @@ from clip.curation.shards import ShardError, ShardSkips, iter_shard_texts
 
 __all__ = ["ShardCounts", "ShardBalance", "PoolCounts", "CountsFileError", "shard_id", "get_matcher",
            "count_shard", "balance_shard", "merge_counts", "count_pool", "balance_pool",
-           "curated_list_path"]
+           "curated_list_path", "Executor", "map_shards"]
 
 _MATCHERS: dict[str, SubstringMatcher] = {}
 
@@ -229,29 +231,116 @@ def _check_unique_names(shards: Sequence[str]) -> None:
         seen[name] = s
 
 
-def _map(fn: Callable, shards: Sequence[str], workers: int) -> list:
+Executor = Union[str, Callable[[Callable, Sequence[str]], list]]
+"""``"process"``, ``"ray"`` or a callable ``executor(fn, shards)`` returning ``[fn(s) for s in shards]``."""
+
+
+def _map_process(fn: Callable, shards: Sequence[str], workers: int) -> list:
     if workers <= 1 or len(shards) <= 1:
         return [fn(s) for s in shards]
     with ProcessPoolExecutor(max_workers=min(workers, len(shards))) as pool:
         return list(pool.map(fn, shards))
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("executor='ray' needs the ray package, which cannot be imported "
+                          f"({e}); install it (pip install ray==2.60.0, see requirements.txt) or use "
+                          "executor='process'") from e
+    return ray
+
+
+def _run_shard(fn: Callable, shard: str):
+    return fn(shard)
+
+
+def _map_ray(fn: Callable, shards: Sequence[str], address: str | None) -> list:
+    """One Ray task per shard running ``fn``; results in shard order.
+
+    Uses the caller's Ray session when one is initialised in this process, else joins the cluster
+    at ``address`` (``"auto"``: the one this machine belongs to) when given, else starts a local
+    instance for this call only. A session this function did not start is never shut down.
+    """
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        if address is not None:
+            ray.init(address=address)
+        else:
+            ray.init(include_dashboard=False)
+            started = True
+    try:
+        # the partial carries the metadata (up to ~500k entries): put it in the object store once
+        # instead of pickling it into every task
+        fn_ref = ray.put(fn)
+        task = ray.remote(num_cpus=1)(_run_shard)
+        return ray.get([task.remote(fn_ref, s) for s in shards])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def map_shards(fn: Callable, shards: Sequence[str], *, executor: Executor = "process", workers: int = 1,
+               ray_address: str | None = None) -> list:
+    """``[fn(s) for s in shards]`` on the chosen executor, in shard order.
+
+    Args:
+        fn: a picklable per-shard function (a :func:`functools.partial` of :func:`count_shard` or
+            :func:`balance_shard`).
+        shards: shard paths, as every worker sees them.
+        executor: ``"process"`` (``workers`` local processes; 1 = in this process), ``"ray"`` (one
+            Ray task per shard; ``workers`` is not used, the cluster's CPUs bound the parallelism),
+            or a callable ``executor(fn, shards)``.
+        workers: process count for ``"process"``.
+        ray_address: Ray cluster address for ``"ray"`` (``"auto"``, ``"ray://host:10001"``, ...).
+
+    Raises:
+        ValueError: unknown executor name, or a ``ray_address`` without ``executor="ray"``.
+        ImportError: ``executor="ray"`` and ray cannot be imported.
+    """
+    if ray_address is not None and executor != "ray":
+        raise ValueError(f"ray_address={ray_address!r} is only used with executor='ray', "
+                         f"got executor={executor!r}")
+    if callable(executor):
+        results = list(executor(fn, shards))
+        if len(results) != len(shards):
+            raise ValueError(f"executor {executor!r} returned {len(results)} results for "
+                             f"{len(shards)} shards")
+        return results
+    if executor == "process":
+        return _map_process(fn, shards, workers)
+    if executor == "ray":
+        return _map_ray(fn, shards, ray_address)
+    raise ValueError(f"unknown executor {executor!r}: expected 'process', 'ray' or a callable(fn, shards)")
+
+
 def count_pool(shards: Sequence[str], metadata: Metadata, *, workers: int = 1, text_field: str | None = None,
-               skip_bad_shards: bool = False) -> PoolCounts:
-    """Count pass over a pool: :func:`count_shard` per shard (``workers`` processes), merged."""
+               skip_bad_shards: bool = False, executor: Executor = "process",
+               ray_address: str | None = None) -> PoolCounts:
+    """Count pass over a pool: :func:`count_shard` per shard, merged.
+
+    The shards are mapped by :func:`map_shards` (``executor``, ``workers``, ``ray_address``).
+    """
     shards = [os.fspath(s) for s in shards]
     if not shards:
         raise ValueError("no shards given")
     _check_unique_names(shards)
     fn = functools.partial(count_shard, metadata=metadata, text_field=text_field,
                            skip_bad_shard=skip_bad_shards)
-    return merge_counts(_map(fn, shards, workers), metadata)
+    return merge_counts(map_shards(fn, shards, executor=executor, workers=workers, ray_address=ray_address),
+                        metadata)
 
 
 def balance_pool(shards: Sequence[str], metadata: Metadata, counts: PoolCounts, threshold: float, *,
                  seed: int, output_dir: str | os.PathLike, workers: int = 1, text_field: str | None = None,
-                 skip_bad_shards: bool = False) -> dict:
+                 skip_bad_shards: bool = False, executor: Executor = "process",
+                 ray_address: str | None = None) -> dict:
     """Balance pass over a pool: curated lists per shard plus ``summary.json`` in ``output_dir``.
+
+    The shards are mapped by :func:`map_shards` (``executor``, ``workers``, ``ray_address``); on a
+    cluster ``output_dir`` must be a path every worker writes to (a shared file system).
 
     Returns:
         The summary (also written to ``<output_dir>/summary.json``): threshold, seed, totals,
@@ -266,7 +355,7 @@ def balance_pool(shards: Sequence[str], metadata: Metadata, counts: PoolCounts, 
     probs = entry_probabilities(counts.counts, threshold)
     fn = functools.partial(balance_shard, metadata=metadata, probabilities=probs, seed=seed,
                            output_dir=output_dir, text_field=text_field, skip_bad_shard=skip_bad_shards)
-    results = _map(fn, shards, workers)
+    results = map_shards(fn, shards, executor=executor, workers=workers, ray_address=ray_address)
     kept = [0] * len(metadata)
     for r in results:
         for entry_id, c in r.kept_entry_counts.items():
