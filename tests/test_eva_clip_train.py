@@ -226,3 +226,38 @@ def test_caption_loader_resumes_mid_epoch_exactly(toy_world):
         got = next(it)
         assert got["caption"] == expected["caption"] and torch.equal(got["text"], expected["text"])
         assert torch.equal(got["image"], expected["image"])
+
+
+def test_activation_checkpointing_of_both_towers_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = create_eva_clip("eva_clip_tiny", vision_cfg=dict(img_size=32, patch_size=8)).train()
+    text = get_tokenizer(context_length=77)(["a red circle"] * 4)
+    batch = {"image": torch.randn(4, 3, 32, 32), "text": text}
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        loss = model(batch)["loss_clip"]
+        loss.backward()
+        grads.append((loss.detach(),
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert model.visual.grad_checkpointing
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 20
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_toy_clip_config_trains_under_bf16_autocast_with_checkpointed_vision_tower(toy_world, tmp_path):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(TOY_CONFIG), [
+        f"dataloader.train.dataset.urls='{toy_world['captions_shards']}'",
+        f"dataloader.test.dataset.root={toy_world['imagefolder_color_val']}",
+        "+model.model.vision_cfg.grad_checkpointing=True", "train.amp.enabled=True",
+        "train.amp.dtype=bfloat16", f"train.output_dir={tmp_path}", "train.max_iter=4", "train.eval_period=4",
+        "train.checkpointer.period=4", "train.log_period=1"])
+    result = train_from_config(cfg, tensorboard=False)
+    assert result.model.model.visual.grad_checkpointing
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    losses = [r["loss_clip"] for r in records if "loss_clip" in r]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert 0.0 <= result.results["top1"] <= 100.0
