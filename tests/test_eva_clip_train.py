@@ -261,3 +261,26 @@ def test_toy_clip_config_trains_under_bf16_autocast_with_checkpointed_vision_tow
     losses = [r["loss_clip"] for r in records if "loss_clip" in r]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.results["top1"] <= 100.0
+
+
+@pytest.mark.slow
+def test_toy_clip_config_trains_on_two_gloo_processes_with_zero1(toy_world, tmp_path):
+    """``--num-gpus 2 train.zero_stage=1``: gathered-feature loss under DDP with a sharded optimizer."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "tools/lazyconfig_train_net.py", "--config-file", TOY_CONFIG, "--num-gpus", "2",
+           f"dataloader.train.dataset.urls='{toy_world['captions_shards']}'",
+           f"dataloader.test.dataset.root={toy_world['imagefolder_color_val']}",
+           "dataloader.train.total_batch_size=16", "train.zero_stage=1", "train.max_iter=3",
+           "train.eval_period=3", "train.checkpointer.period=3", "train.log_period=1",
+           f"train.output_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    losses = [r["loss_clip"] for r in records if "loss_clip" in r]
+    # measured: 4.33 -> 3.92 -> 3.82 (each rank's 8 samples scored against the gathered 16)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "log.txt.rank1").is_file()

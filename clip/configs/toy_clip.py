@@ -37,6 +37,10 @@ model = L(ZeroShotClassifier)(
     model=L(create_eva_clip)(
         name="eva_clip_tiny",
         vision_cfg=dict(img_size=image_size, patch_size=8),
+        # on several ranks: every rank's features with their gradients, each rank scoring its own
+        # samples (the full-batch gradient: docs/recipes/clip.md); nothing changes on one process
+        local_loss=True,
+        gather_with_grad=True,
     ),
     classnames=classnames,
     templates=["a photo of a {} shape."],
