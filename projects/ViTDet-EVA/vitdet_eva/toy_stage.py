@@ -33,8 +33,9 @@ IMAGE_SIZE, DET_PATCH = 128, 16
 #: EVA-01's evaluation options (its README's overrides of ``model.roi_heads``)
 EVA_EVAL = dict(use_soft_nms=True, method="linear", iou_threshold=0.6, override_score_thresh=0.0,
                 maskness_thresh=0.5)
-#: optimizer steps of 8 images: full run / fast=True (about 0.4 s of one core per step)
-STEPS = {False: 150, True: 100}
+#: optimizer steps of 8 images: full run / fast=True (about 0.5 s of one core per step); at 200 steps
+#: the toy config reaches box AP50 ~25 from random init (docs/recipes/detection.md#toy-world-proof)
+STEPS = {False: 200, True: 100}
 
 
 def _data_keys(cfg: Any, kind: str) -> tuple[Any, Any]:

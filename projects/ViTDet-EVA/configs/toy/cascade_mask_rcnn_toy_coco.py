@@ -4,7 +4,8 @@ The same tree as ``COCO/cascade_mask_rcnn_vitdet_eva.py`` (same keys, same modul
 p2-p6 at strides 4-64) with a tiny encoder (the toy MIM encoder's width: 64 wide, 2 blocks, 4 heads,
 MLP ratio 2; patch 16 on 128 px images gives an 8 x 8 token grid; block 0 windowed 4 x 4, block 1
 global), a 32-channel pyramid and heads, anchors 8-128 px for the toy shapes, milder jitter
-(scale 0.5-1.5) and fewer RoIs. Data::
+(scale 0.8-1.25), fewer RoIs and a higher learning rate (3e-3: a short CPU run from scratch; measured
+in docs/recipes/detection.md#toy-world-proof). Data::
 
     python tools/make_toy_world.py --out datasets/toy_world --formats coco lvis
     python tools/lazyconfig_train_net.py \\
@@ -53,8 +54,10 @@ _heads.mask_head.conv_dims = [channels] * 5
 dataloader.train.dataset.dicts.json_file = f"{data_root}/annotations/instances_train2017.json"
 dataloader.train.dataset.dicts.image_root = f"{data_root}/train2017"
 dataloader.train.dataset.mapper.image_size = image_size
-dataloader.train.dataset.mapper.min_scale = 0.5
-dataloader.train.dataset.mapper.max_scale = 1.5
+# the toy shapes are 10-26 px, at one scale in val: milder jitter learns faster in a short run
+# (measured, patch-8 variant at lr 3e-3, 150 steps: box AP50 19.0 at 0.5-1.5, 21.7 at 0.8-1.25)
+dataloader.train.dataset.mapper.min_scale = 0.8
+dataloader.train.dataset.mapper.max_scale = 1.25
 dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 0
 dataloader.test.dataset.dicts.json_file = f"{data_root}/annotations/instances_val2017.json"
@@ -63,7 +66,8 @@ dataloader.test.dataset.mapper.image_size = image_size
 dataloader.test.batch_size = 8
 dataloader.test.num_workers = 0
 
-optimizer.lr = 1e-3
+# measured (patch-8 variant, 150 steps): lr 1e-3 box AP50 11.1, 3e-3 19.0, 6e-3 10.3
+optimizer.lr = 3e-3
 optimizer.params.layer_decay = 1.0  # from scratch: no layer decay
 optimizer.weight_decay = 0.05
 optimizer.params.weight_decay = 0.05
