@@ -8,7 +8,8 @@ detection stage (``run_toy_stage``, fast) starts from the encoder of the toy EVA
 (``toy_pipeline_run``, shared with the other toy proofs), its 4-px patch kernel resampled to 16 px.
 A 2-process gloo run trains and evaluates the toy config. Thresholds come from measured numbers with
 margin (docs/recipes/detection.md#toy-world-proof). Not shown here: MIM initialisation beating random
-initialisation at the same budget (measured: it does not, at 150 or 200 steps).
+initialisation at the same budget (measured: it does not, at 150 or 200 steps; at 200, box AP50
+19.6 / 13.4 from MIM vs 25.4 / 20.3 random, two training seeds).
 """
 from __future__ import annotations
 
