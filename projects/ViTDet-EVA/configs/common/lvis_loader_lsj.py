@@ -8,7 +8,8 @@ as detectron2 reads them; LVIS v1 val mixes images of both COCO splits).
 """
 from eva_core.config import LazyCall as L
 from eva_core.evaluation import LVISEvaluator
-from vitdet_eva.data import RepeatFactorDataset, repeat_factors_from_category_frequency
+from vitdet_eva.data import (RepeatFactorDataset, get_fed_loss_cls_weights, json_num_classes,
+                             repeat_factors_from_category_frequency)
 
 from .coco_loader_lsj import dataloader
 
@@ -30,3 +31,22 @@ dataloader.evaluator = L(LVISEvaluator)(
     output_dir="${train.output_dir}",
     max_dets_per_image=300,
 )
+
+
+#: the train json, as a reference the class count and the federated-loss weights read at build time
+TRAIN_JSON = "${dataloader.train.dataset.dataset.dicts.json_file}"
+
+
+def lvis_roi_heads(model) -> None:
+    """The LVIS recipe's RoI heads on ``model``: class count from the train json, sigmoid CE with the
+    federated loss (50 classes, weights image_count ** 0.5), score threshold 0.001, 1000 detections."""
+    model.roi_heads.num_classes = L(json_num_classes)(json_file=TRAIN_JSON)
+    for predictor in model.roi_heads.box_predictors:
+        predictor.test_score_thresh = 0.001
+        predictor.test_topk_per_image = 1000
+        predictor.use_sigmoid_ce = True
+        predictor.use_fed_loss = True
+        predictor.fed_loss_num_classes = 50
+        # called once by the predictor: image_count ** 0.5 per class of the train json
+        predictor.get_fed_loss_cls_weights = L(get_fed_loss_cls_weights)(
+            dataset=TRAIN_JSON, freq_weight_power=0.5, _partial_=True)

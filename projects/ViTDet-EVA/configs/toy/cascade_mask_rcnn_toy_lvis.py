@@ -10,14 +10,10 @@ APf)::
     python tools/lazyconfig_train_net.py \\
         --config-file projects/ViTDet-EVA/configs/toy/cascade_mask_rcnn_toy_lvis.py
 """
-from eva_core.config import LazyCall as L
-from vitdet_eva.data import get_fed_loss_cls_weights, json_num_classes
-
-from ..common.lvis_loader_lsj import dataloader
+from ..common.lvis_loader_lsj import dataloader, lvis_roi_heads
 from .cascade_mask_rcnn_toy_coco import image_size, lr_multiplier, model, optimizer, train
 
 data_root = "datasets/toy_world/lvis"
-_train_json = "${dataloader.train.dataset.dataset.dicts.json_file}"
 
 _train_set = dataloader.train.dataset.dataset
 _train_set.dicts.json_file = f"{data_root}/lvis_v1_train.json"
@@ -33,15 +29,7 @@ dataloader.test.dataset.mapper.image_size = image_size
 dataloader.test.batch_size = 8
 dataloader.test.num_workers = 0
 
-model.roi_heads.num_classes = L(json_num_classes)(json_file=_train_json)
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.test_score_thresh = 0.001
-    _predictor.test_topk_per_image = 1000
-    _predictor.use_sigmoid_ce = True
-    _predictor.use_fed_loss = True
-    _predictor.fed_loss_num_classes = 50
-    _predictor.get_fed_loss_cls_weights = L(get_fed_loss_cls_weights)(
-        dataset=_train_json, freq_weight_power=0.5, _partial_=True)
+lvis_roi_heads(model)
 
 train.output_dir = "./output/toy_vitdet_lvis"
 
