@@ -208,3 +208,96 @@ def make_trainer(tmp_path=None, **kw) -> ToyRun:
 def must_not_be_built(**kwargs):
     """A config target that fails when instantiated (proves a code path never builds it)."""
     raise AssertionError(f"must_not_be_built was instantiated with {sorted(kwargs)}")
+
+
+# --- measured CPU memory: what the memory planner's tests compare its estimates with ---
+# The real model is built and run inside ``torch.profiler.profile(profile_memory=True)``; the running sum
+# of the CPU allocator's signed ``[memory]`` events is the bytes of live tensors, its maximum the peak.
+PIXEL_KEYS = ("image", "video")
+
+
+def as_real_batch(x, key: str = ""):
+    """The planner's example batch as a data loader yields it: random pixels under ``image`` / ``video``,
+    every other tensor (labels, masks, boxes, label maps) as the example-batch builder made it."""
+    if isinstance(x, torch.Tensor):
+        if key not in PIXEL_KEYS:
+            return x.clone()
+        if x.dtype == torch.uint8:
+            return torch.randint(0, 256, x.shape, dtype=torch.uint8)
+        return torch.randn(x.shape)
+    if isinstance(x, dict):
+        return {k: as_real_batch(v, k) for k, v in x.items()}
+    if isinstance(x, list):
+        return [as_real_batch(v) for v in x]
+    return x
+
+
+def peak_live_bytes(prof) -> int:
+    """The largest running sum of a profiler's allocator events (``profile_memory=True``)."""
+    import itertools
+
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    assert events, "the profiler recorded no allocator events"
+    return max(itertools.accumulate(e.nbytes() for e in events))
+
+
+def measure_peak_training_memory_cpu(cfg, steps: int = 2) -> int:
+    """Peak bytes of live tensors while building ``cfg.model`` and training it ``steps`` steps on CPU
+    (the second with the optimizer state of the first): the batch, the config's autocast dtype and
+    gradient clipping, and the model's registered planning context as the planner assumes them."""
+    import copy
+
+    from omegaconf import OmegaConf
+    from torch.profiler import ProfilerActivity, profile
+
+    from eva_core.config import instantiate
+    from eva_core.memory import build_meta_model, example_batch, planning_context, read_training_setup
+
+    setup = read_training_setup(cfg, 1)
+    torch.manual_seed(0)
+    spec = example_batch(build_meta_model(cfg.model), cfg, setup.batch_per_gpu)
+    clip = OmegaConf.select(cfg, "train.clip_grad")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        batch = as_real_batch(spec)  # live memory of the step, as the batch a data loader yields
+        model = instantiate(copy.deepcopy(cfg.model)).train()
+        opt_cfg = copy.deepcopy(cfg.optimizer)
+        opt_cfg._set_flag("allow_objects", True)
+        opt_cfg.params.model = model
+        optimizer = instantiate(opt_cfg)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for _ in range(steps):
+            with planning_context(model, cfg), torch.autocast(
+                    "cpu", dtype=setup.amp_dtype or torch.bfloat16, enabled=setup.amp_dtype is not None):
+                out = model(batch)
+            loss = sum(v for k, v in out.items() if k.startswith("loss"))
+            del out
+            loss.backward()
+            del loss
+            if clip:
+                torch.nn.utils.clip_grad_norm_(trainable, clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        del model, optimizer, batch
+    return peak_live_bytes(prof)
+
+
+def measure_peak_inference_memory_cpu(cfg) -> int:
+    """Peak bytes of live tensors while building ``cfg.model`` and running one evaluation forward pass
+    (``eval()``, ``no_grad``) on CPU, with the model's planning context active."""
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from eva_core.config import instantiate
+    from eva_core.memory import build_meta_model, inference_batch, planning_context
+
+    torch.manual_seed(0)
+    spec = inference_batch(build_meta_model(cfg.model), cfg, 1)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        batch = as_real_batch(spec)
+        model = instantiate(copy.deepcopy(cfg.model)).eval()
+        with torch.no_grad(), planning_context(model, cfg):
+            out = model(batch)
+        del out, model, batch
+    return peak_live_bytes(prof)

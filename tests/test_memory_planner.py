@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import itertools
 import re
 import subprocess
 import sys
@@ -22,12 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.profiler import ProfilerActivity, profile
 
-from eva_core.config import LazyConfig, instantiate
+from helpers import measure_peak_training_memory_cpu
+from eva_core.config import LazyConfig
 from eva_core.memory import (
-    build_meta_model, checkpointing_overrides, estimate_training_memory, example_batch,
-    read_training_setup, suggest_fixes,
+    build_meta_model, checkpointing_overrides, estimate_training_memory, suggest_fixes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,39 +38,6 @@ def load_config(path: str, overrides: list[str]):
     if OmegaConf.select(cfg, "model.teacher.checkpoint") is not None:
         cfg.model.teacher.checkpoint = None  # no teacher file in tests: it keeps its random init
     return cfg
-
-
-def measure_peak_training_memory_cpu(cfg) -> int:
-    """Peak bytes of live tensors while building ``cfg.model`` and training it two steps on CPU."""
-    setup = read_training_setup(cfg, 1)
-    torch.manual_seed(0)
-    spec = example_batch(build_meta_model(cfg.model), cfg, setup.batch_per_gpu)
-    clip = OmegaConf.select(cfg, "train.clip_grad")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        # the batch is live memory of the step, as the one a data loader yields
-        batch = {k: torch.randn(v.shape) if v.is_floating_point() else v.clone() for k, v in spec.items()}
-        model = instantiate(copy.deepcopy(cfg.model)).train()
-        opt_cfg = copy.deepcopy(cfg.optimizer)
-        opt_cfg._set_flag("allow_objects", True)
-        opt_cfg.params.model = model
-        optimizer = instantiate(opt_cfg)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        for _ in range(2):  # the second step runs with the optimizer state of the first
-            amp_dtype = setup.amp_dtype or torch.bfloat16
-            with torch.autocast("cpu", dtype=amp_dtype, enabled=setup.amp_dtype is not None):
-                out = model(batch)
-            loss = sum(v for k, v in out.items() if k.startswith("loss"))
-            del out
-            loss.backward()
-            del loss
-            if clip:
-                torch.nn.utils.clip_grad_norm_(trainable, clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    assert events, "the profiler recorded no allocator events"
-    events.sort(key=lambda e: e.start_ns())
-    return max(itertools.accumulate(e.nbytes() for e in events))
 
 
 # three small configs built from the real recipes with the real model classes

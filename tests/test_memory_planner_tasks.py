@@ -18,20 +18,16 @@ package's ``memory`` module itself (the registration convention), which these te
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
-from torch.profiler import ProfilerActivity, profile
 
-from eva_core.config import LazyConfig, instantiate
+from helpers import measure_peak_inference_memory_cpu, measure_peak_training_memory_cpu
+from eva_core.config import LazyConfig
 from eva_core.memory import (build_meta_model, checkpointing_overrides, estimate_inference_memory,
-                             estimate_training_memory, example_batch, inference_batch, planning_context,
-                             read_training_setup)
+                             estimate_training_memory)
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 2 ** 20
@@ -45,51 +41,6 @@ SEGMENTOR_OVERRIDES = ["dataloader.train.total_batch_size=2"]
 def load(path: str, overrides: list[str]):
     cfg = LazyConfig.load(REPO / path)
     return LazyConfig.apply_overrides(cfg, overrides)
-
-
-def _real(x, key: str = ""):
-    """The example batch as real data: random images, every other tensor (boxes, classes, masks, label
-    maps) as the builder made it."""
-    if isinstance(x, torch.Tensor):
-        if key != "image":
-            return x.clone()
-        if x.dtype == torch.uint8:
-            return torch.randint(0, 256, x.shape, dtype=torch.uint8)
-        return torch.randn(x.shape)
-    if isinstance(x, dict):
-        return {k: _real(v, k) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_real(v) for v in x]
-    return x
-
-
-def measure_peak_training_memory_cpu(cfg) -> int:
-    """Peak bytes of live tensors while building ``cfg.model`` and training it two steps on CPU, with the
-    model's planning context active (see the module docstring)."""
-    setup = read_training_setup(cfg, 1)
-    torch.manual_seed(0)
-    spec = example_batch(build_meta_model(cfg.model), cfg, setup.batch_per_gpu)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        batch = _real(spec)  # live memory of the step, as the batch a data loader yields
-        model = instantiate(copy.deepcopy(cfg.model)).train()
-        opt_cfg = copy.deepcopy(cfg.optimizer)
-        opt_cfg._set_flag("allow_objects", True)
-        opt_cfg.params.model = model
-        optimizer = instantiate(opt_cfg)
-        for _ in range(2):  # the second step runs with the optimizer state of the first
-            with planning_context(model, cfg):
-                out = model(batch)
-            loss = sum(v for k, v in out.items() if k.startswith("loss"))
-            del out
-            loss.backward()
-            del loss
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        del model, optimizer, batch
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    assert events, "the profiler recorded no allocator events"
-    events.sort(key=lambda e: e.start_ns())
-    return max(itertools.accumulate(e.nbytes() for e in events))
 
 
 def test_detector_estimate_is_an_upper_bound_within_5_percent_of_the_measured_step_at_maximum_sizes():
@@ -124,22 +75,6 @@ def test_box2box_transform_weights_survive_the_meta_build():
                 for p in cfg.model.roi_heads.box_predictors]
     assert expected == [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
     assert [tuple(p.box2box_transform.weights) for p in model.roi_heads.box_predictor] == expected
-
-
-def measure_peak_inference_memory_cpu(cfg) -> int:
-    """Peak bytes of live tensors while building ``cfg.model`` and running one evaluation forward pass
-    (``eval()``, ``no_grad``) on CPU, with the model's planning context active."""
-    torch.manual_seed(0)
-    spec = inference_batch(build_meta_model(cfg.model), cfg, 1)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        batch = _real(spec)
-        model = instantiate(copy.deepcopy(cfg.model)).eval()
-        with torch.no_grad(), planning_context(model, cfg):
-            out = model(batch)
-        del out, model, batch
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    return max(itertools.accumulate(e.nbytes() for e in events))
 
 
 def test_detector_evaluation_estimate_is_within_5_percent_of_a_measured_pass_keeping_every_candidate():

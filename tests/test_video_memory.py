@@ -6,8 +6,6 @@ peak of live tensors measured while the real model trains two steps on CPU (the 
 events, as ``tests/test_memory_planner.py`` does for the image models), with and without activation
 checkpointing; the EVA-g stage-2 figure of the recipe page is checked on fake tensors.
 """
-import copy
-import itertools
 import os
 from pathlib import Path
 
@@ -15,11 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import video  # noqa: F401  (registers the video example batch)
-from eva_core.config import LazyConfig, instantiate
-from eva_core.memory import build_meta_model, estimate_training_memory, example_batch, read_training_setup
+from helpers import measure_peak_training_memory_cpu
+from eva_core.config import LazyConfig
+from eva_core.memory import build_meta_model, estimate_training_memory, example_batch
 from video.memory import clip_geometry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,30 +30,6 @@ def load_config(path: str, overrides: list[str]):
     cfg = LazyConfig.load(str(REPO / path))
     LazyConfig.apply_overrides(cfg, overrides)
     return cfg
-
-
-def measure_peak_training_memory_cpu(cfg) -> int:
-    """Peak bytes of live tensors while building ``cfg.model`` and training it two steps on CPU."""
-    setup = read_training_setup(cfg, 1)
-    torch.manual_seed(0)
-    spec = example_batch(build_meta_model(cfg.model), cfg, setup.batch_per_gpu)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        batch = {k: torch.randn(v.shape) if v.is_floating_point() else v.clone() for k, v in spec.items()}
-        model = instantiate(copy.deepcopy(cfg.model)).train()
-        opt_cfg = copy.deepcopy(cfg.optimizer)
-        opt_cfg._set_flag("allow_objects", True)
-        opt_cfg.params.model = model
-        optimizer = instantiate(opt_cfg)
-        for _ in range(2):  # the second step runs with the optimizer state of the first
-            loss = model(batch)["loss_cls"]
-            loss.backward()
-            del loss
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    assert events, "the profiler recorded no allocator events"
-    return max(itertools.accumulate(e.nbytes() for e in events))
 
 
 def test_video_example_batch_takes_frames_and_size_from_the_train_dataset():
