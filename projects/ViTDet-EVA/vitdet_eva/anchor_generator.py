@@ -56,7 +56,9 @@ class DefaultAnchorGenerator(nn.Module):
             a flat list or a single inner list is used for every level.
         aspect_ratios: ``h / w`` ratios per level, or one (flat) list for all.
         strides: each level's stride in input pixels.
-        offset: the first anchor centre is at ``offset * stride`` (0.0 in detectron2's configs).
+        offset: the first anchor centre is at ``offset * stride`` (0.0 in detectron2's configs). Our
+            default is that 0.0; detectron2's *constructor* defaults to 0.5, so a detectron2 config that
+            omits ``offset`` must pass 0.5 here (ViTDet's configs all pass 0.0 explicitly).
     """
 
     box_dim = 4
