@@ -305,3 +305,33 @@ def test_roi_heads_losses():
     assert sorted(losses) == sorted(expected)
     for name, value in expected.items():
         assert torch.allclose(losses[name], torch.tensor(value)), (name, float(losses[name]), value)
+
+
+def test_roi_heads_inf_nan_features_give_no_detections():
+    """tests/modeling/test_model_e2e.py::MaskRCNNE2ETest::test_roiheads_inf_nan_data (commit
+    3179e09a04716b97f630dde95f2fbc3313522cbe): RoI heads on all-inf or all-NaN p2-p5 maps (a 512 input)
+    with one proposal (10, 10, 20, 20) return no detection. detectron2 runs its Mask R-CNN FPN heads; here
+    ViTDet's three-stage cascade with LN convs and a mask head, at toy widths."""
+    torch.manual_seed(0)
+    levels, scales = ["p2", "p3", "p4", "p5"], [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    weights = [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
+    roi_heads = CascadeROIHeads(
+        num_classes=80, box_in_features=levels, box_pooler=ROIPooler(7, scales),
+        box_heads=[FastRCNNConvFCHead(ShapeSpec(256, 7, 7), conv_dims=[16], fc_dims=[32], conv_norm="LN")
+                   for _ in weights],
+        box_predictors=[FastRCNNOutputLayers(ShapeSpec(channels=32), box2box_transform=Box2BoxTransform(w),
+                                             num_classes=80, cls_agnostic_bbox_reg=True,
+                                             test_score_thresh=0.05)
+                        for w in weights],
+        proposal_matchers=[Matcher([t], [0, 1]) for t in (0.5, 0.6, 0.7)],
+        mask_in_features=levels, mask_pooler=ROIPooler(14, scales),
+        mask_head=MaskRCNNConvUpsampleHead(ShapeSpec(channels=256), num_classes=80, conv_dims=[16, 16],
+                                           conv_norm="LN"),
+    ).eval()
+    for fill in (float("inf"), float("nan")):
+        features = {f"p{k}": torch.full((1, 256, 512 // 2**k, 512 // 2**k), fill) for k in (2, 3, 4, 5)}
+        proposals = [Instances((510, 510), proposal_boxes=torch.tensor([[10.0, 10, 20, 20]]),
+                               objectness_logits=torch.tensor([1.0]))]
+        with torch.no_grad():
+            detections, _ = roi_heads(None, features, proposals)
+        assert len(detections) == 1 and len(detections[0]) == 0, fill
