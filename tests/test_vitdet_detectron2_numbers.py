@@ -335,3 +335,22 @@ def test_roi_heads_inf_nan_features_give_no_detections():
         with torch.no_grad():
             detections, _ = roi_heads(None, features, proposals)
         assert len(detections) == 1 and len(detections[0]) == 0, fill
+
+
+def test_diou_and_ciou_losses_of_the_box_predictor():
+    """tests/layers/test_losses.py::TestLosses::test_diou_loss and ::test_ciou_loss (commit
+    405ef0d4f466fb6fbc28fd219b6d03d5befb045a), on the losses ``FastRCNNOutputLayers`` uses for
+    ``box_reg_loss_type="diou"`` / ``"ciou"`` (torchvision's, where detectron2 has its own)."""
+    from vitdet_eva.fast_rcnn import _BOX_IOU_LOSSES
+
+    box, box2 = torch.tensor([[-1.0, -1, 1, 1]]), torch.tensor([[0.0, -1, 1, 1]])
+    box3, box4 = torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[1.0, 1, 2, 2]])
+    expected = {"diou": (0.53125, 1.25, 1.78125, 0.890625), "ciou": (0.5345, 1.25, 1.7845, 0.89225)}
+    for name, (half, diagonal, total, mean) in expected.items():
+        loss = _BOX_IOU_LOSSES[name]
+        assert torch.allclose(loss(box, box, reduction="none"), torch.tensor([0.0])), name
+        assert torch.allclose(loss(box, box2, reduction="none"), torch.tensor([half])), name
+        assert torch.allclose(loss(box3, box4, reduction="none"), torch.tensor([diagonal])), name
+        pairs = (torch.cat([box, box3]), torch.cat([box2, box4]))
+        assert torch.allclose(loss(*pairs, reduction="sum"), torch.tensor(total)), name
+        assert torch.allclose(loss(*pairs, reduction="mean"), torch.tensor(mean)), name
