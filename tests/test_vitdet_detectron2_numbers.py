@@ -2,10 +2,11 @@
 
 detectron2 cannot be installed here, so these tests rebuild each detectron2 test case with *our*
 modules (``projects/ViTDet-EVA/vitdet_eva``) and assert the values detectron2's tests print: anchors,
-matcher labels, RoIAlign outputs, box IoUs, and the seeded RPN / Fast R-CNN / ROI-head losses and
-proposals. The seeded cases only reproduce because our modules create and initialise their parameters
-in detectron2's order with detectron2's init functions, and sample anchors / RoIs with the same
-``torch.randperm`` calls; a change to any of that fails them.
+matcher labels, RoIAlign outputs, box IoUs, DIoU / CIoU losses, and the seeded RPN / Fast R-CNN /
+ROI-head losses and proposals. The seeded cases only reproduce because our modules create and
+initialise their parameters in detectron2's order with detectron2's init functions (a change there fails
+them). In these tiny cases every candidate anchor and RoI is sampled, so they do not check which ones
+``subsample_labels`` would pick from a larger pool (swapping its two ``randperm`` calls still passes).
 
 Each test names the detectron2 file, test function and the git commit of ``facebookresearch/detectron2``
 its numbers were read from. Not reproduced: the rotated-box variants (``test_rrpn``, ``test_rroi_heads``,
