@@ -2,8 +2,9 @@
 """Mask2Former-EVA inference: deformable attention and the whole segmentor, ours vs transformers.
 
 1. Multi-scale deformable attention (``benchmarks/msda.py``'s inputs and timing, forward + backward):
-   ours vs transformers' ``multi_scale_deformable_attention``, plus our ``torch.compile``'d fast
-   path where it is available (CUDA with Triton).
+   ours vs transformers' ``multi_scale_deformable_attention`` and our ``torch.compile``'d path on
+   the device it runs on (CPU: Inductor's C++ backend; its first, compiling step is timed apart),
+   with the ratios transformers / each and ours (pure) / each (> 1: that one is faster).
 2. Inference per crop (forward, eval mode, no grad), median time and peak memory
    (``benchmarks/step_memory.py``: the CUDA allocator's peak, on CPU the peak-RSS mark):
    * ours, whole segmentor (EVA encoder + ViT-Adapter + Mask2Former head + semantic scores);
@@ -20,6 +21,7 @@ release's head (width 1024, 200 queries, 6 + 8 layers, 32 heads) on the EVA-g ad
 Examples::
 
     python benchmarks/mask2former.py
+    python benchmarks/mask2former.py --msda-only --crop 512 --width 256 --heads 8 --batch 2
     python benchmarks/mask2former.py --device cuda --crop 896 --eva-g
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from step_memory import peak_step_memory_mib  # noqa: E402
 
 
 def msda_section(args: argparse.Namespace, device: torch.device) -> None:
-    from mask2former_eva.ms_deform_attn import (compiled_multi_scale_deformable_attention,
+    from mask2former_eva.ms_deform_attn import (compile_failure, compiled_multi_scale_deformable_attention,
                                                 fast_path_available, multi_scale_deformable_attention)
     from transformers.models.mask2former.modeling_mask2former import \
         multi_scale_deformable_attention as hf_msda
@@ -47,22 +49,30 @@ def msda_section(args: argparse.Namespace, device: torch.device) -> None:
                             points=4, batch=args.batch)
     inputs, shapes = msda_bench.make_inputs(ns, device)
     impls = {"ours": multi_scale_deformable_attention, "transformers": hf_msda}
-    if fast_path_available(device):
+    compile_s = None
+    if not args.no_compiled:
+        # on every device (on CPU: Inductor's C++ backend); the first step compiles forward and backward
         impls["ours_compiled"] = compiled_multi_scale_deformable_attention()
+        compile_s = msda_bench.step(impls["ours_compiled"], inputs, shapes, device)
+        failure = compile_failure(device, inputs[0].dtype)
+        if failure is not None:
+            print(f"  (torch.compile failed on {device}, the compiled path fell back to ours: {failure})")
+            del impls["ours_compiled"]
     times = {name: [] for name in impls}
     for i in range(args.warmup + args.iters):
         for name, fn in impls.items():
             t = msda_bench.step(fn, inputs, shapes, device)
             if i >= args.warmup:
                 times[name].append(t)
-    ref = statistics.median(times["transformers"])
+    median = {name: statistics.median(ts) for name, ts in times.items()}
     print(f"[deformable attention] levels {shapes}, d_model {args.width}, heads {args.heads}, 4 points, "
-          f"batch {args.batch}, forward + backward")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:>14}: {med * 1e3:8.1f} ms   transformers / {name} = {ref / med:.2f}x")
-    if "ours_compiled" not in impls:
-        print("  (fast path not available here: it needs CUDA and Triton)")
+          f"batch {args.batch}, forward + backward, device {device}, torch threads {torch.get_num_threads()}")
+    for name, med in median.items():
+        print(f"  {name:>14}: {med * 1e3:8.1f} ms   transformers / {name} = "
+              f"{median['transformers'] / med:.2f}x   ours / {name} = {median['ours'] / med:.2f}x")
+    if compile_s is not None and "ours_compiled" in median:
+        print(f"  ours_compiled: first step (compiles forward + backward) {compile_s:.1f} s; selected "
+              f"automatically (fast_path=None) on {device}: {fast_path_available(device)}")
 
 
 def build_models(args: argparse.Namespace):
@@ -183,13 +193,16 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-msda", action="store_true")
+    parser.add_argument("--msda-only", action="store_true", help="only the deformable-attention section")
+    parser.add_argument("--no-compiled", action="store_true", help="do not time the torch.compile'd path")
     args = parser.parse_args(argv)
     if args.eva_g:
         args.width, args.ffn, args.heads, args.queries = 1024, 4096, 32, 200
     device = torch.device(args.device)
     if not args.skip_msda:
         msda_section(args, device)
-    model_section(args, device)
+    if not args.msda_only:
+        model_section(args, device)
 
 
 if __name__ == "__main__":

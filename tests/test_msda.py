@@ -1,4 +1,6 @@
-"""Multi-scale deformable attention (projects/Mask2Former-EVA) against Hugging Face transformers."""
+"""Multi-scale deformable attention (projects/Mask2Former-EVA) against Hugging Face transformers,
+and its torch.compile'd fast path against the pure one (compiled for CPU here, for CUDA where present)."""
+import logging
 import os
 from types import SimpleNamespace
 
@@ -7,8 +9,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mask2former_eva.ms_deform_attn import (MSDeformAttn, compiled_multi_scale_deformable_attention,  # noqa: E402
-                                            fast_path_available, multi_scale_deformable_attention)
+import mask2former_eva.ms_deform_attn as msda_module  # noqa: E402
+from mask2former_eva.ms_deform_attn import (MSDeformAttn, compile_failure,  # noqa: E402
+                                            compiled_multi_scale_deformable_attention, fast_path_available,
+                                            multi_scale_deformable_attention)
 from transformers.models.mask2former import modeling_mask2former as hf  # noqa: E402
 
 # non-square levels, one of them a single column, as a padded Mask2Former batch produces
@@ -138,21 +142,186 @@ def test_msdeformattn_rejects_inconsistent_level_start_index_and_reference_point
         attn(query, torch.zeros(1, 4, 3, 3), memory, SHAPES)
 
 
-def test_fast_path_is_chosen_only_on_cuda_and_can_be_switched_off():
+def test_fast_path_is_chosen_only_on_cuda_and_can_be_switched_off(monkeypatch, caplog):
     assert not fast_path_available("cpu")
     assert not MSDeformAttn(16, 3, 2, 2)._use_fast_path(torch.device("cpu"))
     assert MSDeformAttn(16, 3, 2, 2, fast_path=True)._use_fast_path(torch.device("cpu"))
     assert not MSDeformAttn(16, 3, 2, 2, fast_path=False)._use_fast_path(torch.device("cuda"))
+    # the choice is logged once per device type and path, not on every forward
+    monkeypatch.setattr(msda_module, "_LOGGED_CHOICES", set())
+    attn = MSDeformAttn(16, 3, 2, 2)
+    query, memory, ref = torch.zeros(1, 4, 16), torch.zeros(1, 71, 16), torch.rand(1, 4, 3, 2)
+    with caplog.at_level(logging.INFO, logger=msda_module.__name__):
+        for _ in range(3):
+            attn(query, ref, memory, SHAPES)
+    choices = [r.getMessage() for r in caplog.records if "path (" in r.getMessage()]
+    assert choices == ["MSDeformAttn on cpu: pure PyTorch path (fast_path=None: compiled only on CUDA with "
+                       "Triton)"]
+
+
+# Tolerance of compiled vs pure. Both paths do the same fp32 arithmetic in a different order:
+# Inductor fuses the grid unnormalisation, the 4 bilinear taps and the sum over levels x points into
+# one vectorised loop. Each number here is a sum of at most 4 taps x 3 levels x 3 points = 36
+# products (forward; the backward sums over 8 channels or over the queries that hit a pixel), so
+# reordering moves it by at most ~36 eps = 4.3e-6 (eps = 1.19e-7) of the summands' magnitude; the
+# locations' gradient also carries the factor W or H (<= 9) of the unnormalisation. Hence
+# atol = 1e-5 x the tensor's largest magnitude (at least 1). Measured on CPU (Inductor C++, seed 5):
+# forward 2.2e-7, gradient w.r.t. the attention weights 9.5e-7, w.r.t. value and locations exactly
+# equal (their backward is the same aten kernel in both). A sampling grid shifted by a tenth of a
+# pixel changes the output by more than 100x the tolerance (checked below), a twentieth of a pixel
+# by 7e-2 (tried by hand): real errors do not hide under it.
+def _tolerance(expected):
+    return 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def _assert_equal_up_to_rounding(actual, expected, name):
+    torch.testing.assert_close(actual, expected, atol=_tolerance(expected), rtol=0,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def _compare_compiled_with_pure(compiled, inputs):
+    leaves = [[t.clone().requires_grad_(True) for t in inputs] for _ in range(2)]
+    outs = [fn(v, SHAPES, loc, w) for fn, (v, loc, w) in
+            zip((multi_scale_deformable_attention, compiled), leaves)]
+    _assert_equal_up_to_rounding(outs[1], outs[0], "output")
+    assert outs[0].abs().max() > 0.1  # not a trivially zero comparison
+    # a non-uniform upstream gradient, so that every element's gradient is distinct
+    upstream = torch.linspace(-1, 1, outs[0].numel(), device=outs[0].device).view_as(outs[0])
+    for out in outs:
+        (out * upstream).sum().backward()
+    for name, ours, ref in zip(("value", "sampling_locations", "attention_weights"), leaves[1], leaves[0]):
+        assert ref.grad.abs().max() > 0.1, name
+        _assert_equal_up_to_rounding(ours.grad, ref.grad, f"gradient w.r.t. {name}")
+    return outs[0]
+
+
+@pytest.fixture(scope="module")
+def cpu_compiled():
+    """The compiled path for CPU, compiled once for this module (tens of seconds with a cold cache)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"Inductor's CPU backend needs a C++ compiler (g++, or the one $CXX names): "
+                    f"{type(err).__name__}: {err}")
+    return compiled_multi_scale_deformable_attention()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("msda_compiled_cpu")
+def test_compiled_path_equals_pure_path_on_cpu(cpu_compiled):
+    inputs = _random_inputs(torch.Generator().manual_seed(5))
+    pure = _compare_compiled_with_pure(cpu_compiled, inputs)
+    assert compile_failure("cpu") is None, f"Inductor could not compile for CPU: {compile_failure('cpu')}"
+    assert msda_module._COMPILED[("cpu", torch.float32, False)] is not multi_scale_deformable_attention
+    # the tolerance is tight enough to see a tenth of a pixel's shift of the finest level's grid
+    value, locations, weights = inputs
+    shifted = locations.clone()
+    shifted[:, :, :, 0, :, 0] += 0.1 / SHAPES[0][1]
+    moved = (multi_scale_deformable_attention(value, SHAPES, shifted, weights) - pure.detach()).abs().max()
+    assert moved > 100 * _tolerance(pure.detach())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("msda_compiled_cpu")
+def test_msdeformattn_with_fast_path_forced_equals_pure_path_on_cpu(cpu_compiled):
+    g = torch.Generator().manual_seed(6)
+    # d_model 32 = 4 heads x 8, 3 levels, 3 points, batch 2, 7 queries: the shapes of _random_inputs,
+    # so that the graph compiled by the test above is reused (a new shape would compile again)
+    modules = [MSDeformAttn(32, 3, 4, 3, fast_path=fast) for fast in (False, True)]
+    with torch.no_grad():
+        for p in modules[0].parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    modules[1].load_state_dict(modules[0].state_dict())
+    query = torch.randn(2, 7, 32, generator=g)
+    memory = torch.randn(2, sum(h * w for h, w in SHAPES), 32, generator=g)
+    ref = torch.rand(2, 7, 3, 2, generator=g)
+    outs = [m(query, ref, memory, SHAPES) for m in modules]
+    _assert_equal_up_to_rounding(outs[1], outs[0], "MSDeformAttn output")
+    upstream = torch.linspace(-1, 1, outs[0].numel()).view_as(outs[0])
+    for out in outs:
+        (out * upstream).sum().backward()
+    for (name, p_pure), p_fast in zip(modules[0].named_parameters(), modules[1].parameters()):
+        assert p_pure.grad.abs().max() > 0, name
+        _assert_equal_up_to_rounding(p_fast.grad, p_pure.grad, f"gradient of {name}")
+    assert compile_failure("cpu") is None, f"Inductor could not compile for CPU: {compile_failure('cpu')}"
+
+
+@pytest.fixture
+def fresh_compile_cache(monkeypatch):
+    """Empty compile caches for one test (the real compiled functions are left alone)."""
+    monkeypatch.setattr(msda_module, "_COMPILED", {})
+    monkeypatch.setattr(msda_module, "_COMPILE_FAILURES", {})
+
+
+def test_compiled_function_is_built_once_per_device_dtype_and_dynamic(monkeypatch, caplog,
+                                                                      fresh_compile_cache):
+    built = []
+
+    def fake_compile(fn, dynamic):
+        built.append(dynamic)
+        return lambda *args: fn(*args) + 1.0  # visibly not the pure function's result
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    value, locations, weights = _random_inputs(torch.Generator().manual_seed(7))
+    static = compiled_multi_scale_deformable_attention()
+    dynamic = compiled_multi_scale_deformable_attention(dynamic=True)
+    with caplog.at_level(logging.INFO, logger=msda_module.__name__):
+        for _ in range(2):
+            out = static(value, SHAPES, locations, weights)
+            static(value.double(), SHAPES, locations.double(), weights.double())
+            dynamic(value, SHAPES, locations, weights)
+    assert built == [False, False, True]
+    assert sorted(msda_module._COMPILED, key=str) == sorted(
+        [("cpu", torch.float32, False), ("cpu", torch.float64, False), ("cpu", torch.float32, True)], key=str)
+    torch.testing.assert_close(out, multi_scale_deformable_attention(value, SHAPES, locations, weights) + 1.0)
+    assert len([r for r in caplog.records if "path built" in r.getMessage()]) == 3
+
+
+def test_compile_failure_at_build_falls_back_with_one_warning(monkeypatch, caplog, fresh_compile_cache):
+    def broken_compile(fn, dynamic):
+        raise RuntimeError("no C++ compiler in this test")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    value, locations, weights = _random_inputs(torch.Generator().manual_seed(8))
+    expected = multi_scale_deformable_attention(value, SHAPES, locations, weights)
+    with caplog.at_level(logging.WARNING, logger=msda_module.__name__):
+        for _ in range(3):
+            out = compiled_multi_scale_deformable_attention()(value, SHAPES, locations, weights)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "torch.compile failed for device cpu, torch.float32, dynamic=False" in warnings[0].getMessage()
+    assert "RuntimeError: no C++ compiler in this test" in warnings[0].getMessage()
+    assert compile_failure("cpu") == "RuntimeError: no C++ compiler in this test"
+
+
+def test_compile_failure_at_first_call_falls_back_but_input_errors_still_raise(monkeypatch, caplog,
+                                                                               fresh_compile_cache):
+    calls = []
+
+    def lazily_broken(*args):  # Inductor compiles at the first call, so that is where it fails
+        calls.append(1)
+        raise RuntimeError("InductorError: C++ compile error in this test")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic: lazily_broken)
+    value, locations, weights = _random_inputs(torch.Generator().manual_seed(9))
+    attend = compiled_multi_scale_deformable_attention()
+    with caplog.at_level(logging.WARNING, logger=msda_module.__name__):
+        # a shape error is the caller's: raised as the pure function raises it, no fallback recorded
+        with pytest.raises(ValueError, match="attention_weights has shape"):
+            attend(value, SHAPES, locations, weights[:, :, :, :2])
+        assert compile_failure("cpu") is None and not caplog.records
+        for _ in range(3):
+            out = attend(value, SHAPES, locations, weights)
+    torch.testing.assert_close(out, multi_scale_deformable_attention(value, SHAPES, locations, weights),
+                               atol=0, rtol=0)
+    assert len(calls) == 2  # the bad-input call and the first good one; then the pure path only
+    assert len(caplog.records) == 1 and "C++ compile error in this test" in caplog.records[0].getMessage()
 
 
 @pytest.mark.skipif(not fast_path_available("cuda"), reason="the compiled fast path needs CUDA and Triton")
 def test_compiled_fast_path_equals_pure_path_on_cuda():
     inputs = [t.cuda() for t in _random_inputs(torch.Generator().manual_seed(5))]
-    leaves = [[t.clone().requires_grad_(True) for t in inputs] for _ in range(2)]
-    outs = [fn(v, SHAPES, loc, w) for fn, (v, loc, w) in
-            zip((multi_scale_deformable_attention, compiled_multi_scale_deformable_attention()), leaves)]
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
-    for out in outs:
-        out.square().sum().backward()
-    for ours, ref in zip(leaves[1], leaves[0]):
-        torch.testing.assert_close(ours.grad, ref.grad, atol=1e-4, rtol=1e-4)
+    _compare_compiled_with_pure(compiled_multi_scale_deformable_attention(), inputs)
+    assert compile_failure("cuda") is None, f"Inductor could not compile for CUDA: {compile_failure('cuda')}"

@@ -6,13 +6,15 @@ here the sampling is ``torch.nn.functional.grid_sample`` per level (bilinear, ze
 ``align_corners=False``), which runs on CPU and GPU and gives the same numbers as the op and as
 Hugging Face transformers' ``multi_scale_deformable_attention``. On CUDA a ``torch.compile``'d
 copy of the same function is used when Triton is installed (``MSDeformAttn(fast_path=...)``
-switches it).
+switches it; ``fast_path=True`` also compiles for CPU with Inductor's C++ backend).
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
+import threading
 from collections.abc import Sequence
 from typing import Callable
 
@@ -21,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention", "compiled_multi_scale_deformable_attention",
-           "fast_path_available"]
+           "fast_path_available", "compile_failure"]
+
+logger = logging.getLogger(__name__)
 
 SpatialShapes = torch.Tensor | Sequence[Sequence[int]]
 
@@ -97,20 +101,94 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: Spatia
 
 
 def fast_path_available(device: torch.device | str) -> bool:
-    """Whether the ``torch.compile``'d path can run on ``device``: CUDA with Triton installed."""
+    """Whether ``fast_path=None`` picks the ``torch.compile``'d path on ``device``: CUDA with Triton.
+
+    The compiled path also runs on CPU (Inductor's C++ backend, ``fast_path=True``), with the same
+    numbers, but it is not chosen automatically there: the first call per input shape compiles for
+    tens of seconds and the compiled step was not measured faster than the pure one on CPU (README,
+    ``benchmarks/mask2former.py``).
+    """
     return (torch.device(device).type == "cuda" and torch.cuda.is_available()
             and hasattr(torch, "compile") and importlib.util.find_spec("triton") is not None)
 
 
-@functools.lru_cache(maxsize=1)
-def compiled_multi_scale_deformable_attention() -> Callable[..., torch.Tensor]:
-    """:func:`multi_scale_deformable_attention` compiled with ``torch.compile`` (built once).
+# (device type, dtype, dynamic) -> the torch.compile'd function, or the pure one after a failure
+_COMPILED: dict[tuple[str, torch.dtype, bool], Callable[..., torch.Tensor]] = {}
+# (device type, dtype, dynamic) -> "ExceptionType: message" of the compile failure
+_COMPILE_FAILURES: dict[tuple[str, torch.dtype, bool], str] = {}
+_COMPILE_LOCK = threading.Lock()
+# (device type, fast path) already logged by MSDeformAttn
+_LOGGED_CHOICES: set[tuple[str, bool]] = set()
 
-    Inductor fuses the per-level sampling and the weighted sum into fewer kernels; the numbers are
-    those of the pure function up to float rounding. Spatial shapes must be given as a list so
-    that they are compile-time constants.
+
+def _compiled_for(key: tuple[str, torch.dtype, bool]) -> Callable[..., torch.Tensor]:
+    """The compiled function for ``key``, built (and logged) once."""
+    fn = _COMPILED.get(key)
+    if fn is not None:
+        return fn
+    with _COMPILE_LOCK:
+        if key not in _COMPILED:
+            try:
+                _COMPILED[key] = torch.compile(multi_scale_deformable_attention, dynamic=key[2])
+                logger.info("multi-scale deformable attention: torch.compile'd path built for device %s, "
+                            "%s, dynamic=%s", *key)
+            except Exception as err:  # noqa: BLE001  (any failure: use the pure path)
+                _record_failure(key, err)
+        return _COMPILED[key]
+
+
+def _record_failure(key: tuple[str, torch.dtype, bool], err: BaseException) -> None:
+    _COMPILED[key] = multi_scale_deformable_attention
+    _COMPILE_FAILURES[key] = f"{type(err).__name__}: {err}".strip()
+    logger.warning("multi-scale deformable attention: torch.compile failed for device %s, %s, dynamic=%s "
+                   "(%s); using the pure PyTorch path for these inputs from now on", *key,
+                   _COMPILE_FAILURES[key].splitlines()[0][:500])
+
+
+def compile_failure(device: torch.device | str, dtype: torch.dtype = torch.float32,
+                    dynamic: bool = False) -> str | None:
+    """The error that made the compiled path fall back to the pure one for these inputs, if any."""
+    return _COMPILE_FAILURES.get((torch.device(device).type, dtype, dynamic))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_multi_scale_deformable_attention(dynamic: bool = False) -> Callable[..., torch.Tensor]:
+    """:func:`multi_scale_deformable_attention` through ``torch.compile`` (Inductor).
+
+    Returns a function with the same arguments that compiles the pure function once per (device
+    type, dtype, ``dynamic``) of ``value`` (logged at INFO) and calls it; Inductor fuses the
+    per-level sampling and the weighted sum into fewer kernels (Triton on CUDA, C++ on CPU), and
+    the numbers are those of the pure function up to float rounding (``tests/test_msda.py``).
+    With ``dynamic=False`` every new input shape recompiles (up to dynamo's recompile limit), so
+    give spatial shapes as a list: they are compile-time constants.
+
+    If compiling fails (``torch.compile`` itself, or Inductor at the first call of a shape), one
+    WARNING names the error and these inputs use the pure path from then on; an error that the
+    pure function raises as well (bad input shapes) is raised as is. A failure while compiling the
+    backward graph (at the first ``backward()``) is not caught. Inside an outer ``torch.compile``
+    the pure function is called and left to the outer compiler.
     """
-    return torch.compile(multi_scale_deformable_attention, dynamic=False)
+
+    def attend(value: torch.Tensor, spatial_shapes: SpatialShapes, sampling_locations: torch.Tensor,
+               attention_weights: torch.Tensor) -> torch.Tensor:
+        args = (value, spatial_shapes, sampling_locations, attention_weights)
+        if torch.compiler.is_compiling():
+            return multi_scale_deformable_attention(*args)
+        key = (value.device.type, value.dtype, dynamic)
+        fn = _compiled_for(key)
+        if fn is multi_scale_deformable_attention:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001
+            out = multi_scale_deformable_attention(*args)  # raises the input error, if it is one
+            with _COMPILE_LOCK:
+                if _COMPILED.get(key) is not multi_scale_deformable_attention:  # warn once
+                    _record_failure(key, err)
+            return out
+
+    attend.__doc__ = compiled_multi_scale_deformable_attention.__doc__
+    return attend
 
 
 class MSDeformAttn(nn.Module):
@@ -163,7 +241,15 @@ class MSDeformAttn(nn.Module):
         nn.init.constant_(self.output_proj.bias, 0.0)
 
     def _use_fast_path(self, device: torch.device) -> bool:
-        return fast_path_available(device) if self.fast_path is None else bool(self.fast_path)
+        fast = fast_path_available(device) if self.fast_path is None else bool(self.fast_path)
+        choice = (torch.device(device).type, fast)
+        if choice not in _LOGGED_CHOICES:  # once per process for each device type and path
+            _LOGGED_CHOICES.add(choice)
+            why = ("fast_path=None: compiled only on CUDA with Triton" if self.fast_path is None
+                   else f"fast_path={self.fast_path}")
+            logger.info("%s on %s: %s path (%s)", type(self).__name__, choice[0],
+                        "torch.compile'd" if fast else "pure PyTorch", why)
+        return fast
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor,
                 input_spatial_shapes: SpatialShapes, input_level_start_index: torch.Tensor | None = None,
