@@ -114,10 +114,9 @@ def test_default_anchor_generator():
 
 def test_default_anchor_generator_centered():
     """tests/modeling/test_anchor_generator.py::TestAnchorGenerator::test_default_anchor_generator_centered
-    (commit 273e3b9746473a7469550bf793bbfb4c0a47c7d5). detectron2's test passes no ``offset``: its
-    constructor default is 0.5 (the config default is 0.0). Ours defaults to 0.0 (every ViTDet config
-    passes ``offset=0.0``), so the offset is given explicitly here; with it the anchors are detectron2's."""
-    gen = DefaultAnchorGenerator(sizes=[32, 64], aspect_ratios=[0.25, 1, 4], strides=[4], offset=0.5)
+    (commit 273e3b9746473a7469550bf793bbfb4c0a47c7d5). detectron2's test passes no ``offset``: the
+    constructor default, 0.5 (the config default is 0.0), which is ours too."""
+    gen = DefaultAnchorGenerator(sizes=[32, 64], aspect_ratios=[0.25, 1, 4], strides=[4])
     expected = torch.tensor([
         [-30.0, -6.0, 34.0, 10.0], [-14.0, -14.0, 18.0, 18.0], [-6.0, -30.0, 10.0, 34.0],
         [-62.0, -14.0, 66.0, 18.0], [-30.0, -30.0, 34.0, 34.0], [-14.0, -62.0, 18.0, 66.0],

@@ -6,6 +6,7 @@ Spec: docs/recipes/detection.md#heads and #detectron2-state-dict-names
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_box2box_transform_round_trip_and_class_specific_deltas():
 # --------------------------------------------------------------------------- anchors
 
 def test_cell_anchors_of_size_32_are_detectron2s_unrounded_boxes():
-    gen = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[4])
+    gen = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[4], offset=0.0)
     # ratio h / w = 0.5 at area 32^2: w = 32 * sqrt(2), h = 32 / sqrt(2); ratio 2 swaps them
     long, short = 16 * math.sqrt(2), 8 * math.sqrt(2)
     expected = torch.tensor([[-long, -short, long, short], [-16.0, -16.0, 16.0, 16.0],
@@ -112,15 +113,24 @@ def test_anchors_equal_torchvision_anchor_generator_when_cells_are_integers():
     # ratios 1/4, 1, 4 give integer cells, so torchvision's rounding changes nothing and the two agree
     sizes, ratios = ((32,), (64,), (128,)), ((0.25, 1.0, 4.0),) * 3
     ours = DefaultAnchorGenerator(sizes=[list(s) for s in sizes], aspect_ratios=[[0.25, 1.0, 4.0]],
-                                  strides=[4, 8, 16])
+                                  strides=[4, 8, 16], offset=0.0)
     feats = [torch.zeros(1, 1, 16 // f, 24 // f) for f in (1, 2, 4)]
     theirs = AnchorGenerator(sizes, ratios)(TVImageList(torch.zeros(1, 3, 64, 96), [(64, 96)]), feats)[0]
     torch.testing.assert_close(torch.cat(ours(feats)), theirs)
     # ViTDet's 0.5 / 2 cells are not integers: torchvision rounds them, detectron2 (and we) do not
-    vitdet = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[4])
+    vitdet = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[4], offset=0.0)
     tv = AnchorGenerator(((32,),), ((0.5, 1.0, 2.0),))
     torch.testing.assert_close(vitdet.cell_anchors[0].round(), tv.cell_anchors[0])
     assert not torch.equal(vitdet.cell_anchors[0], tv.cell_anchors[0])
+
+
+def test_anchor_offset_defaults_to_detectron2s_constructor_default_and_the_configs_pass_zero():
+    from eva_core.config import LazyConfig
+
+    assert DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[1.0]], strides=[4]).offset == 0.5
+    repo = Path(__file__).resolve().parents[1]
+    cfg = LazyConfig.load(str(repo / "projects/ViTDet-EVA/configs/common/models/cascade_mask_rcnn_vitdet.py"))
+    assert cfg.model.proposal_generator.anchor_generator.offset == 0.0
 
 
 def test_anchor_generator_refuses_a_wrong_number_of_levels():
@@ -323,7 +333,7 @@ def _rpn_pair(levels: list[str], strides: list[int], sizes: list[int]):
     ours = _vitdet_rpn(
         in_features=levels, smooth_l1_beta=1 / 9, pre_nms_topk=(2000, 50), post_nms_topk=(1000, 30),
         anchor_generator=DefaultAnchorGenerator(sizes=[[s] for s in sizes], aspect_ratios=[[0.25, 1.0, 4.0]],
-                                                strides=strides))
+                                                strides=strides, offset=0.0))
     with torch.no_grad():  # weights large enough that proposals move well away from their anchors
         for p in ours.rpn_head.parameters():
             p.normal_(0, 0.2)

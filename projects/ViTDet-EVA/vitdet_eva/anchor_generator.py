@@ -56,15 +56,15 @@ class DefaultAnchorGenerator(nn.Module):
             a flat list or a single inner list is used for every level.
         aspect_ratios: ``h / w`` ratios per level, or one (flat) list for all.
         strides: each level's stride in input pixels.
-        offset: the first anchor centre is at ``offset * stride`` (0.0 in detectron2's configs). Our
-            default is that 0.0; detectron2's *constructor* defaults to 0.5, so a detectron2 config that
-            omits ``offset`` must pass 0.5 here (ViTDet's configs all pass 0.0 explicitly).
+        offset: the first anchor centre is at ``offset * stride``. The default is detectron2's
+            constructor default, 0.5; its yacs configs (``MODEL.ANCHOR_GENERATOR.OFFSET``) and ViTDet's
+            LazyConfigs (``configs/common/models/cascade_mask_rcnn_vitdet.py``) pass 0.0.
     """
 
     box_dim = 4
 
     def __init__(self, *, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
-                 strides: Sequence[int], offset: float = 0.0):
+                 strides: Sequence[int], offset: float = 0.5):
         super().__init__()
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"DefaultAnchorGenerator offset={offset}: expected 0 <= offset < 1")
