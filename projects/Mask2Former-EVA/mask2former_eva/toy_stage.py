@@ -89,7 +89,7 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     """
     from eva_core.config import LazyConfig
     from eva_core.data import toy_world
-    from eva_core.engine.defaults import train_from_config
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -104,9 +104,10 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     for split in ("train", "test"):
         cfg.dataloader[split].dataset.root = paths["ade20k_root"]
     with torch.random.fork_rng(devices=[]):
-        # the adapter's and head's init come from the global RNG: seed it, so that runs (and the MIM /
-        # random-init arms) start from the same head and differ only in the encoder
-        torch.manual_seed(seed)
+        # the adapter's and head's init (torch) and the augmentations (python / numpy) draw from the
+        # global RNGs: seed them, so that runs (and the MIM / random-init arms) start from the same head
+        # and see the same crops, whatever ran before in the process
+        seed_all_rng(seed)
         result = train_from_config(cfg, tensorboard=False)
     metrics = dict(result.results.get("sem_seg", {}))
     if "mIoU" not in metrics:

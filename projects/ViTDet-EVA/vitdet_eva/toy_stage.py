@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["CONFIGS", "toy_detection_config", "run_toy_stage", "ARCH_KEYS", "PRETRAINED_LAYER_DECAY"]
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -137,7 +139,7 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
         val image, "seconds": wall time}``.
     """
     from eva_core.data.toy_world import make_coco
-    from eva_core.engine.defaults import train_from_config
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -149,7 +151,12 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     # override 0 also keeps the low-confidence detections of a detector this short-trained (at the
     # toy config's 0.05 a 100-step run has none and every AP is NaN)
     cfg.model.roi_heads.update(EVA_EVAL)
-    results = train_from_config(cfg, tensorboard=False).results
+    with torch.random.fork_rng(devices=[]):
+        # the pyramid's and heads' init (torch) and the LSJ augmentation (python / numpy) draw from the
+        # global RNGs, which train_from_config does not seed (the tool's default_setup does): seed them, so
+        # that the stage's result does not depend on what ran before it (in the main job: teacher, MIM, probe)
+        seed_all_rng(seed)
+        results = train_from_config(cfg, tensorboard=False).results
     metrics = {f"{task}/{m}": float(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "AP50")}
     metrics.update(steps=steps, num_train=len(_images(paths["coco_train_images"])),
                    num_val=len(_images(paths["coco_val_images"])))
