@@ -21,7 +21,7 @@ from scipy import ndimage
 from eva_core.data import ImageFolderDataset, WebDatasetImages, read_file_list
 from eva_core.data.annotations import load_coco_json, load_lvis_api, load_lvis_json
 from eva_core.data.toy_world import (COLORS, MOTIONS, SHAPES, Shape, generate_toy_world, main,
-                                     make_imagefolder, polygon_area, shape_polygon)
+                                     make_ade20k, make_coco, make_imagefolder, polygon_area, shape_polygon)
 
 # Below about this many pixels (radius ~6) shape outlines are too coarse to tell apart reliably.
 MIN_RECOGNIZABLE_AREA = 120
@@ -196,6 +196,29 @@ def test_coco_json_loads_in_pycocotools_and_masks_match_the_drawn_shapes(world):
     assert checked >= 5
 
 
+def test_coco_color_labels_are_the_painted_colour_on_the_same_images(tmp_path):
+    from pycocotools.coco import COCO
+
+    by_shape = make_coco(tmp_path, num_train=4, num_val=1, img_size=64, seed=2)
+    by_color = make_coco(tmp_path, num_train=4, num_val=1, img_size=64, seed=2, label="color")
+    assert Path(by_color["coco_train_json"]).parent.parent.name == "coco_color"
+    shape_coco, color_coco = COCO(by_shape["coco_train_json"]), COCO(by_color["coco_train_json"])
+    assert [c["name"] for c in color_coco.loadCats(color_coco.getCatIds())] == list(COLORS)
+    assert shape_coco.getAnnIds() == color_coco.getAnnIds()
+    for img in color_coco.loadImgs(color_coco.getImgIds()):
+        name = img["file_name"]
+        rgb = load_rgb(Path(by_color["coco_train_images"]) / name)
+        assert np.array_equal(rgb, load_rgb(Path(by_shape["coco_train_images"]) / name))
+        colors = palette_index_map(rgb)
+        for ann in color_coco.loadAnns(color_coco.getAnnIds(imgIds=img["id"])):
+            assert ann["segmentation"] == shape_coco.anns[ann["id"]]["segmentation"]
+            painted = colors[color_coco.annToMask(ann).astype(bool) & (colors >= 0)]
+            majority = list(COLORS)[np.bincount(painted, minlength=len(COLORS)).argmax()]
+            assert color_coco.cats[ann["category_id"]]["name"] == majority
+    with pytest.raises(ValueError, match="label must be one of"):
+        make_coco(tmp_path, num_train=1, num_val=1, img_size=32, label="size")
+
+
 # ----------------------------------------------------------------------------- LVIS
 def test_lvis_json_loads_in_lvis_api_with_long_tailed_frequencies(world):
     api = load_lvis_api(world["lvis_train_json"])
@@ -262,6 +285,26 @@ def test_ade20k_labels_mark_the_drawn_shapes_and_zero_marks_background(world):
             assert len(values) == 1
             if (blobs == blob).sum() >= MIN_RECOGNIZABLE_AREA:
                 assert best_matching_kind(blobs == blob) == SHAPES[values[0] - 1]
+
+
+def test_ade20k_color_labels_are_the_painted_colour_on_the_same_images(tmp_path):
+    by_shape = make_ade20k(tmp_path, num_train=3, num_val=1, img_size=64, seed=4)
+    by_color = make_ade20k(tmp_path, num_train=3, num_val=1, img_size=64, seed=4, label="color")
+    assert Path(by_color["ade20k_root"]).name == "ade20k_color"
+    assert json.loads(Path(by_color["ade20k_meta"]).read_text())["classes"] == list(COLORS)
+    for image_path in sorted(Path(by_color["ade20k_train_images"]).glob("*.jpg")):
+        rgb = load_rgb(image_path)
+        assert np.array_equal(rgb, load_rgb(Path(by_shape["ade20k_train_images"]) / image_path.name))
+        png = image_path.with_suffix(".png").name
+        color_label = np.asarray(Image.open(Path(by_color["ade20k_train_annotations"]) / png))
+        shape_label = np.asarray(Image.open(Path(by_shape["ade20k_train_annotations"]) / png))
+        assert np.array_equal(color_label > 0, shape_label > 0)
+        painted = palette_index_map(rgb)
+        inside = (color_label > 0) & (painted >= 0)
+        # JPEG edges aside, each labelled pixel carries the index of the colour painted there
+        assert (color_label[inside] == painted[inside] + 1).mean() > 0.95
+    with pytest.raises(ValueError, match="label must be one of"):
+        make_ade20k(tmp_path, num_train=1, num_val=1, img_size=32, label="size")
 
 
 # ----------------------------------------------------------------------------- Kinetics

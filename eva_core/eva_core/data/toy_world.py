@@ -14,7 +14,8 @@ Formats (paths relative to the output folder):
   ``imagefolder_color_{train,val}``).
 - ``coco/{train2017,val2017}/*.jpg`` + ``coco/annotations/instances_{train,val}2017.json``:
   COCO instances; category = shape type; polygon ``segmentation``, ``bbox`` xywh, ``area``
-  (polygon area), ``iscrowd`` 0.
+  (polygon area), ``iscrowd`` 0. ``make_coco(..., label="color")`` writes the same images to
+  ``coco_color/`` with category = colour (the classes the toy CLIP teacher knows).
 - ``lvis/{train2017,val2017}/*.jpg`` + ``lvis/lvis_v1_{train,val}.json``: LVIS v1; category =
   colour + shape (``red_circle``) drawn with a long-tailed (Zipf) frequency. ``frequency`` comes
   from the train ``image_count`` with thresholds scaled to the toy size (LVIS uses 10 / 100 images
@@ -25,7 +26,8 @@ Formats (paths relative to the output folder):
 - ``ade20k/images/{training,validation}/*.jpg`` + ``ade20k/annotations/{...}/*.png``: ADE20K
   layout; label png value ``k`` = shape class ``k`` (1-based, ``ade20k/meta.json`` lists them) and
   0 = background, which ADE's reduce-zero-label convention maps to the ignore index 255 (so
-  training sees classes 0..K-1 and ignores the background).
+  training sees classes 0..K-1 and ignores the background). ``make_ade20k(..., label="color")``:
+  the same images in ``ade20k_color/`` with class = colour.
 - ``kinetics/videos/{train,val}/*.mp4`` + ``kinetics/{train,val}_list.txt`` (``path label``,
   paths relative to ``kinetics/``) + ``kinetics/classes.txt``: one shape moving in a straight
   line; class = motion direction. mpeg4 in mp4 (PyAV), single-threaded so bytes are reproducible.
@@ -307,15 +309,22 @@ def _image_entry(image_id: int, file_name: str, size: int) -> dict:
 
 
 def make_coco(out: str | os.PathLike, num_train: int = 160, num_val: int = 40,
-              img_size: int = 128, seed: int = 0, max_objects: int = 4) -> dict[str, str]:
-    """COCO instances set: 1..max_objects non-overlapping shapes per image, category = shape.
+              img_size: int = 128, seed: int = 0, max_objects: int = 4,
+              label: str = "shape") -> dict[str, str]:
+    """COCO instances set: 1..max_objects non-overlapping shapes per image.
+
+    Args:
+        label: the category of an object: ``"shape"`` (5 categories, ``coco/``) or ``"color"`` (8,
+            ``coco_color/``: what the toy CLIP teacher knows). The images are the same for both.
 
     Returns:
         ``coco_{train,val}_json`` and ``coco_{train,val}_images`` paths.
     """
-    root = Path(out) / "coco"
-    categories = [{"id": k + 1, "name": kind, "supercategory": "shape"}
-                  for k, kind in enumerate(SHAPES)]
+    if label not in IMAGEFOLDER_LABELS:
+        raise ValueError(f"label must be one of {IMAGEFOLDER_LABELS}, got {label!r}")
+    root = Path(out) / ("coco" if label == "shape" else "coco_color")
+    names = list(SHAPES) if label == "shape" else list(COLORS)
+    categories = [{"id": k + 1, "name": name, "supercategory": label} for k, name in enumerate(names)]
     paths: dict[str, str] = {}
     ann_id = 1
     for split, count in (("train", num_train), ("val", num_val)):
@@ -331,8 +340,8 @@ def make_coco(out: str | os.PathLike, num_train: int = 160, num_val: int = 40,
                        root / f"{split}2017" / file_name)
             images.append(_image_entry(image_id, file_name, img_size))
             for shape in shapes:
-                annotations.append(_instance_annotation(ann_id, image_id,
-                                                        SHAPES.index(shape.kind) + 1, shape, True))
+                name = shape.kind if label == "shape" else shape.color
+                annotations.append(_instance_annotation(ann_id, image_id, names.index(name) + 1, shape, True))
                 ann_id += 1
         json_path = root / "annotations" / f"instances_{split}2017.json"
         _write_json({"info": {"description": f"EVA toy world COCO {split} (seed {seed})",
@@ -448,13 +457,22 @@ def _lvis_category_entries(cats, train_annotations, num_train) -> list[dict]:
 
 # --------------------------------------------------------------------------- ADE20K
 def make_ade20k(out: str | os.PathLike, num_train: int = 80, num_val: int = 20,
-                img_size: int = 128, seed: int = 0, max_objects: int = 5) -> dict[str, str]:
+                img_size: int = 128, seed: int = 0, max_objects: int = 5,
+                label: str = "shape") -> dict[str, str]:
     """Semantic segmentation set in ADEChallengeData2016 layout (0 = background / ignore).
+
+    Args:
+        label: the class of a pixel: ``"shape"`` (5 classes, ``ade20k/``) or ``"color"`` (8,
+            ``ade20k_color/``: what the toy CLIP teacher knows). The images are the same for both;
+            ``meta.json`` lists the classes.
 
     Returns:
         ``ade20k_root``, ``ade20k_meta`` and ``ade20k_{train,val}_{images,annotations}`` paths.
     """
-    root = Path(out) / "ade20k"
+    if label not in IMAGEFOLDER_LABELS:
+        raise ValueError(f"label must be one of {IMAGEFOLDER_LABELS}, got {label!r}")
+    names = list(SHAPES) if label == "shape" else list(COLORS)
+    root = Path(out) / ("ade20k" if label == "shape" else "ade20k_color")
     paths = {"ade20k_root": str(root), "ade20k_meta": str(root / "meta.json")}
     for split, folder, count in (("train", "training", num_train), ("val", "validation", num_val)):
         for i in range(count):
@@ -465,14 +483,15 @@ def make_ade20k(out: str | os.PathLike, num_train: int = 80, num_val: int = 20,
             name = f"ADE_{'train' if split == 'train' else 'val'}_{i + 1:08d}"
             _save_jpeg(draw_shapes(render_background(rng, img_size), shapes),
                        root / "images" / folder / f"{name}.jpg")
-            label = np.zeros((img_size, img_size), dtype=np.uint8)
+            label_map = np.zeros((img_size, img_size), dtype=np.uint8)
             for shape in shapes:
-                label[shape_mask(shape, img_size)] = SHAPES.index(shape.kind) + 1
+                value = names.index(shape.kind if label == "shape" else shape.color) + 1
+                label_map[shape_mask(shape, img_size)] = value
             (root / "annotations" / folder).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(label).save(root / "annotations" / folder / f"{name}.png")
+            Image.fromarray(label_map).save(root / "annotations" / folder / f"{name}.png")
         paths[f"ade20k_{split}_images"] = str(root / "images" / folder)
         paths[f"ade20k_{split}_annotations"] = str(root / "annotations" / folder)
-    _write_json({"classes": list(SHAPES), "label_values": {k: i + 1 for i, k in enumerate(SHAPES)},
+    _write_json({"classes": names, "label_values": {k: i + 1 for i, k in enumerate(names)},
                  "background_value": 0, "reduce_zero_label": True, "ignore_index": 255},
                 root / "meta.json")
     return paths

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["run_toy_stage", "TOY_CONFIG", "toy_overrides"]
+__all__ = ["run_toy_stage", "TOY_CONFIG", "toy_overrides", "toy_segmentation_config", "train_toy_segmentor"]
 
 TOY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy" / "mask2former_toy.py"
 
@@ -51,6 +51,43 @@ def toy_overrides(encoder_arch: dict, *, img_size: int, max_iter: int, output_di
         f"train.init_checkpoint={init_checkpoint or ''}",
     ]
     return overrides
+
+
+def toy_segmentation_config(paths: dict, output_dir: Path, encoder_arch: dict,
+                            encoder_checkpoint: Path | None, *, img_size: int, max_iter: int, seed: int):
+    """The toy recipe on a ``make_ade20k`` set (its classes from the set's ``meta.json``: shapes or
+    colours), sized by :func:`toy_overrides`."""
+    import json
+
+    from eva_core.config import LazyConfig
+
+    cfg = LazyConfig.load(str(TOY_CONFIG))
+    cfg = LazyConfig.apply_overrides(cfg, toy_overrides(
+        encoder_arch, img_size=img_size, max_iter=max_iter, output_dir=output_dir,
+        init_checkpoint=encoder_checkpoint, seed=seed))
+    classes = list(json.loads(Path(paths["ade20k_meta"]).read_text())["classes"])
+    for split in ("train", "test"):
+        cfg.dataloader[split].dataset.root = paths["ade20k_root"]
+        cfg.dataloader[split].dataset.class_names = classes
+    cfg.dataloader.evaluator.num_classes, cfg.dataloader.evaluator.class_names = len(classes), classes
+    cfg.model.decode_head.num_classes = cfg.model.criterion.num_classes = len(classes)
+    return cfg
+
+
+def train_toy_segmentor(cfg, seed: int):
+    """``train_from_config(cfg)``, the global RNGs seeded inside a fork -> (TrainResult, sem_seg metrics)."""
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
+
+    with torch.random.fork_rng(devices=[]):
+        # the adapter's and head's init (torch) and the augmentations (python / numpy) draw from the
+        # global RNGs: seed them, so that runs (and the MIM / random-init arms) start from the same head
+        # and see the same crops, whatever ran before in the process
+        seed_all_rng(seed)
+        result = train_from_config(cfg, tensorboard=False)
+    metrics = dict(result.results.get("sem_seg", {}))
+    if "mIoU" not in metrics:
+        raise RuntimeError(f"toy segmentation: the evaluation returned no mIoU ({result.results})")
+    return result, metrics
 
 
 def _side_by_side_png(model: torch.nn.Module, dataset, path: Path, num_classes: int) -> Path:
@@ -87,9 +124,7 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     Returns:
         ``{"metric": "mIoU", "value", "metrics" (all SemSegEvaluator numbers), "png", "seconds"}``.
     """
-    from eva_core.config import LazyConfig
     from eva_core.data import toy_world
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -97,21 +132,9 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     img_size = 64
     paths = toy_world.make_ade20k(out / "data", num_train=num_train, num_val=num_val, img_size=img_size,
                                   seed=seed)
-    cfg = LazyConfig.load(str(TOY_CONFIG))
-    cfg = LazyConfig.apply_overrides(cfg, toy_overrides(
-        encoder_arch, img_size=img_size, max_iter=max_iter, output_dir=out / "run",
-        init_checkpoint=encoder_checkpoint, seed=seed))
-    for split in ("train", "test"):
-        cfg.dataloader[split].dataset.root = paths["ade20k_root"]
-    with torch.random.fork_rng(devices=[]):
-        # the adapter's and head's init (torch) and the augmentations (python / numpy) draw from the
-        # global RNGs: seed them, so that runs (and the MIM / random-init arms) start from the same head
-        # and see the same crops, whatever ran before in the process
-        seed_all_rng(seed)
-        result = train_from_config(cfg, tensorboard=False)
-    metrics = dict(result.results.get("sem_seg", {}))
-    if "mIoU" not in metrics:
-        raise RuntimeError(f"toy segmentation stage: the evaluation returned no mIoU ({result.results})")
+    cfg = toy_segmentation_config(paths, out / "run", encoder_arch, encoder_checkpoint, img_size=img_size,
+                                  max_iter=max_iter, seed=seed)
+    result, metrics = train_toy_segmentor(cfg, seed)
     from eva_core.config import instantiate
 
     val = instantiate(cfg.dataloader.test.dataset)
