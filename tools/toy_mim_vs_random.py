@@ -40,8 +40,8 @@ for _path in (REPO, REPO / "projects" / "ViTDet-EVA", REPO / "projects" / "Mask2
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from vitdet_eva.toy_stage import ARCH_KEYS  # noqa: E402  (the encoder arguments every toy stage takes)
 
-ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 #: per task: the metrics reported (the first is the headline) and the defaults of the CLI
 TASKS = {"detection": dict(metrics=("bbox/AP50", "segm/AP50"), img_size=128, num_train=160, num_val=40,
                            steps=200),
@@ -64,16 +64,12 @@ def encoder_arch(encoder: Path | None) -> dict:
 
 
 def run_detection(paths: dict, out: Path, arch: dict, checkpoint: Path | None, steps: int, seed: int) -> dict:
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
-    from vitdet_eva.toy_stage import EVA_EVAL, toy_detection_config
+    from vitdet_eva.toy_stage import EVA_EVAL, toy_detection_config, train_toy_detector
 
     cfg = toy_detection_config("coco", paths, out, steps, encoder_arch=arch, encoder_checkpoint=checkpoint,
                                seed=seed)
     cfg.model.roi_heads.update(EVA_EVAL)
-    with torch.random.fork_rng(devices=[]):
-        seed_all_rng(seed)
-        results = train_from_config(cfg, tensorboard=False).results
-    return {f"{task}/{m}": float(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "AP50")}
+    return train_toy_detector(cfg, seed)
 
 
 def run_segmentation(paths: dict, out: Path, arch: dict, checkpoint: Path | None, steps: int, seed: int,

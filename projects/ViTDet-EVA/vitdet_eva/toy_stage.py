@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONFIGS", "toy_detection_config", "run_toy_stage", "ARCH_KEYS", "PRETRAINED_LAYER_DECAY"]
+__all__ = ["CONFIGS", "toy_detection_config", "train_toy_detector", "run_toy_stage", "ARCH_KEYS",
+           "PRETRAINED_LAYER_DECAY"]
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = {name: PROJECT / "configs" / "toy" / f"cascade_mask_rcnn_toy_{name}.py"
@@ -113,6 +114,21 @@ def toy_detection_config(kind: str, paths: dict, output_dir: str | Path, max_ite
     return cfg
 
 
+def train_toy_detector(cfg: Any, seed: int) -> dict[str, float]:
+    """``train_from_config(cfg)`` with the global RNGs seeded inside a fork -> ``{"bbox/AP", "bbox/AP50",
+    "segm/AP", "segm/AP50"}`` of the final evaluation (percent)."""
+    from eva_core.engine.defaults import seed_all_rng, train_from_config
+
+    with torch.random.fork_rng(devices=[]):
+        # the pyramid's and heads' init (torch) and the LSJ augmentation (python / numpy) draw from the
+        # global RNGs, which train_from_config does not seed (the tool's default_setup does): seed them, so
+        # that the result does not depend on what ran before (in the main job: teacher, MIM, probe) and
+        # the MIM / random-init arms of a comparison start from the same heads and crops
+        seed_all_rng(seed)
+        results = train_from_config(cfg, tensorboard=False).results
+    return {f"{task}/{m}": float(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "AP50")}
+
+
 def _demo_module():
     """``projects/ViTDet-EVA/demo.py``: the one place detections are drawn (a script, loaded by path)."""
     spec = importlib.util.spec_from_file_location("vitdet_eva_demo", PROJECT / "demo.py")
@@ -139,7 +155,6 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
         val image, "seconds": wall time}``.
     """
     from eva_core.data.toy_world import make_coco
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
 
     start = time.perf_counter()
     out = Path(out)
@@ -151,13 +166,7 @@ def run_toy_stage(out: Path, encoder_checkpoint: Path | None, encoder_arch: dict
     # override 0 also keeps the low-confidence detections of a detector this short-trained (at the
     # toy config's 0.05 a 100-step run has none and every AP is NaN)
     cfg.model.roi_heads.update(EVA_EVAL)
-    with torch.random.fork_rng(devices=[]):
-        # the pyramid's and heads' init (torch) and the LSJ augmentation (python / numpy) draw from the
-        # global RNGs, which train_from_config does not seed (the tool's default_setup does): seed them, so
-        # that the stage's result does not depend on what ran before it (in the main job: teacher, MIM, probe)
-        seed_all_rng(seed)
-        results = train_from_config(cfg, tensorboard=False).results
-    metrics = {f"{task}/{m}": float(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "AP50")}
+    metrics = train_toy_detector(cfg, seed)
     metrics.update(steps=steps, num_train=len(_images(paths["coco_train_images"])),
                    num_val=len(_images(paths["coco_val_images"])))
     # the PNG: the trained model (the run's last checkpoint) through the demo on the first val image
