@@ -259,6 +259,30 @@ def test_config_builders_and_train_from_config_build_and_train_a_lazy_config(tmp
     assert ck["iteration"] == 19 and {"ema", "scheduler", "optimizer", "data_loader"} <= set(ck)
 
 
+def test_seeded_training_ignores_and_keeps_the_callers_rng_state(tmp_path):
+    import random
+
+    import numpy as np
+
+    from eva_core.engine.defaults import train_from_config_seeded
+
+    def weights(run):
+        return [p.detach().clone() for p in run.trainer.unwrapped_model.parameters()]
+
+    torch.manual_seed(1)
+    first = weights(train_from_config_seeded(_toy_config(tmp_path / "a", max_iter=5), 7, tensorboard=False))
+    torch.manual_seed(2)  # a different caller state: the same model (init and training seeded by 7)
+    random.seed(3)
+    np.random.seed(4)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    second = weights(train_from_config_seeded(_toy_config(tmp_path / "b", max_iter=5), 7, tensorboard=False))
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+    other = weights(train_from_config_seeded(_toy_config(tmp_path / "c", max_iter=5), 8, tensorboard=False))
+    assert not all(torch.equal(x, y) for x, y in zip(first, other))
+
+
 def test_train_from_config_names_a_stalled_rank_after_train_heartbeat_timeout(tmp_path, caplog):
     import time
 

@@ -23,7 +23,8 @@ from .parallel import build_zero_optimizer, create_ddp_model
 
 __all__ = ["default_argument_parser", "default_setup", "config_record_name", "seed_all_rng",
            "set_deterministic", "create_ddp_model", "build_zero_optimizer", "default_hooks",
-           "build_eval_function", "train_from_config", "load_weights_for_eval", "TrainResult"]
+           "build_eval_function", "train_from_config", "train_from_config_seeded", "load_weights_for_eval",
+           "TrainResult"]
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -60,6 +61,25 @@ def seed_all_rng(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def train_from_config_seeded(cfg: Any, seed: int, **kwargs: Any) -> "TrainResult":
+    """:func:`train_from_config` with python / numpy / torch seeded to ``seed`` inside a fork of the
+    caller's RNG state (restored afterwards).
+
+    Model initialisation and augmentations draw from the global RNGs, which ``train_from_config`` does
+    not seed (the CLI's :func:`default_setup` does): runs made this way inside one process (toy stages,
+    paired comparisons) give the same result whatever ran before them, and leave the caller's RNGs as
+    they were. ``kwargs`` go to ``train_from_config``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            seed_all_rng(seed)
+            return train_from_config(cfg, **kwargs)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -75,15 +75,12 @@ def toy_segmentation_config(paths: dict, output_dir: Path, encoder_arch: dict,
 
 
 def train_toy_segmentor(cfg, seed: int):
-    """``train_from_config(cfg)``, the global RNGs seeded inside a fork -> (TrainResult, sem_seg metrics)."""
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
+    """Seeded training (``train_from_config_seeded``: the adapter's and head's init and the crops do not
+    depend on what ran before, and the MIM / random-init arms share them) -> (TrainResult, sem_seg
+    metrics)."""
+    from eva_core.engine.defaults import train_from_config_seeded
 
-    with torch.random.fork_rng(devices=[]):
-        # the adapter's and head's init (torch) and the augmentations (python / numpy) draw from the
-        # global RNGs: seed them, so that runs (and the MIM / random-init arms) start from the same head
-        # and see the same crops, whatever ran before in the process
-        seed_all_rng(seed)
-        result = train_from_config(cfg, tensorboard=False)
+    result = train_from_config_seeded(cfg, seed, tensorboard=False)
     metrics = dict(result.results.get("sem_seg", {}))
     if "mIoU" not in metrics:
         raise RuntimeError(f"toy segmentation: the evaluation returned no mIoU ({result.results})")

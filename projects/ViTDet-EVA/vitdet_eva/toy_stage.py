@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["CONFIGS", "toy_detection_config", "train_toy_detector", "run_toy_stage", "ARCH_KEYS",
            "PRETRAINED_LAYER_DECAY"]
 
@@ -115,17 +113,12 @@ def toy_detection_config(kind: str, paths: dict, output_dir: str | Path, max_ite
 
 
 def train_toy_detector(cfg: Any, seed: int) -> dict[str, float]:
-    """``train_from_config(cfg)`` with the global RNGs seeded inside a fork -> ``{"bbox/AP", "bbox/AP50",
-    "segm/AP", "segm/AP50"}`` of the final evaluation (percent)."""
-    from eva_core.engine.defaults import seed_all_rng, train_from_config
+    """Seeded training (``train_from_config_seeded``: the pyramid's and heads' init and the LSJ crops
+    do not depend on what ran before, and the MIM / random-init arms of a comparison share them) ->
+    ``{"bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"}`` of the final evaluation (percent)."""
+    from eva_core.engine.defaults import train_from_config_seeded
 
-    with torch.random.fork_rng(devices=[]):
-        # the pyramid's and heads' init (torch) and the LSJ augmentation (python / numpy) draw from the
-        # global RNGs, which train_from_config does not seed (the tool's default_setup does): seed them, so
-        # that the result does not depend on what ran before (in the main job: teacher, MIM, probe) and
-        # the MIM / random-init arms of a comparison start from the same heads and crops
-        seed_all_rng(seed)
-        results = train_from_config(cfg, tensorboard=False).results
+    results = train_from_config_seeded(cfg, seed, tensorboard=False).results
     return {f"{task}/{m}": float(results[task][m]) for task in ("bbox", "segm") for m in ("AP", "AP50")}
 
 
